@@ -1,0 +1,191 @@
+"""``tools/train.py`` and ``tools/test.py``: one pair of entry points for mmdet, mmseg and mmpretrain.
+
+The flags are the ones users know from those libraries. Behaviour that differs between them
+(visualisation hooks, ``--out``, ``--tta``) dispatches on the config's ``default_scope``.
+"""
+import argparse
+import os
+import os.path as osp
+import warnings
+from typing import List, Optional, Sequence
+
+import torch
+from mmengine.config import Config, DictAction
+from mmengine.runner import Runner
+
+SCOPES = ('mmdet', 'mmseg', 'mmpretrain')
+
+
+def _add_common_args(parser: argparse.ArgumentParser) -> None:
+    parser.add_argument('--work-dir', help='directory for logs and checkpoints '
+                        '(default: ./work_dirs/<config name>)')
+    parser.add_argument(
+        '--cfg-options', nargs='+', action=DictAction,
+        help='override config entries, e.g. "train_dataloader.batch_size=2 '
+        'model.backbone.drop_path_rate=0.1"')
+    parser.add_argument('--launcher', choices=['none', 'pytorch', 'slurm', 'mpi'], default='none',
+                        help='job launcher (tools/dist_train.sh uses pytorch)')
+    # torchrun >= 2.0 passes --local-rank; older launchers pass --local_rank.
+    parser.add_argument('--local_rank', '--local-rank', type=int, default=0)
+
+
+def train_parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(description='Train a localattn model (mmdet/mmseg/mmpretrain config)')
+    parser.add_argument('config', help='config file path')
+    parser.add_argument('--resume', nargs='?', type=str, const='auto',
+                        help='resume from CHECKPOINT; without a value, from the latest '
+                        'checkpoint in the work dir')
+    parser.add_argument('--amp', action='store_true', help='mixed precision training (needs CUDA)')
+    parser.add_argument('--auto-scale-lr', action='store_true',
+                        help='scale the lr by the actual batch size (needs auto_scale_lr in the config)')
+    _add_common_args(parser)
+    return parser
+
+
+def test_parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(description='Test (evaluate) a localattn model checkpoint')
+    parser.add_argument('config', help='config file path')
+    parser.add_argument('checkpoint', help='checkpoint file (local path)')
+    parser.add_argument('--out', help='dump predictions: a .pkl file for mmdet/mmpretrain, '
+                        'a directory of prediction maps for mmseg')
+    parser.add_argument('--show', action='store_true', help='show predictions in a window')
+    parser.add_argument('--show-dir', help='save pictures of the predictions to this directory')
+    parser.add_argument('--wait-time', type=float, default=2, help='seconds per shown image')
+    parser.add_argument('--tta', action='store_true',
+                        help='test-time augmentation (the config\'s tta_model and tta_pipeline)')
+    _add_common_args(parser)
+    return parser
+
+
+def load_config(args: argparse.Namespace) -> Config:
+    """Read the config, apply ``--cfg-options``, ``--launcher`` and the work dir."""
+    cfg = Config.fromfile(args.config)
+    cfg.launcher = args.launcher
+    if args.cfg_options:
+        cfg.merge_from_dict(args.cfg_options)
+    scope = cfg.get('default_scope')
+    if scope not in SCOPES:
+        raise ValueError(f'config {args.config}: default_scope must be one of {SCOPES}, got {scope!r}')
+    if args.work_dir is not None:
+        cfg.work_dir = args.work_dir
+    elif cfg.get('work_dir') is None:
+        cfg.work_dir = osp.join('./work_dirs', osp.splitext(osp.basename(args.config))[0])
+    _adapt_to_device(cfg)
+    return cfg
+
+
+def _adapt_to_device(cfg: Config) -> None:
+    """Let GPU configs run on a CPU-only machine: plain optimiser wrapper and the gloo backend."""
+    if torch.cuda.is_available():
+        return
+    wrapper = cfg.get('optim_wrapper')
+    if wrapper is not None and wrapper.get('type') == 'AmpOptimWrapper':
+        warnings.warn('No CUDA device: replacing AmpOptimWrapper with OptimWrapper (fp32 training).')
+        wrapper.type = 'OptimWrapper'
+        wrapper.pop('loss_scale', None)
+        wrapper.pop('dtype', None)
+    if cfg.launcher != 'none':
+        env_cfg = cfg.setdefault('env_cfg', {})
+        dist_cfg = env_cfg.setdefault('dist_cfg', {})
+        if dist_cfg.get('backend', 'nccl') == 'nccl':
+            dist_cfg['backend'] = 'gloo'
+        _init_cpu_process_group(dist_cfg['backend'])
+
+
+def _init_cpu_process_group(backend: str) -> None:
+    """Initialise torch.distributed from torchrun's variables without touching CUDA.
+
+    mmengine's own initialisation calls ``torch.cuda.set_device``, which fails without a GPU; the
+    Runner skips it when the process group already exists.
+    """
+    import torch.distributed as dist
+    if not dist.is_initialized() and 'RANK' in os.environ:
+        dist.init_process_group(backend=backend)
+
+
+def _build_runner(cfg: Config) -> Runner:
+    if 'runner_type' in cfg:
+        from mmengine.registry import RUNNERS
+        return RUNNERS.build(cfg)
+    return Runner.from_cfg(cfg)
+
+
+def train(argv: Optional[Sequence[str]] = None) -> Runner:
+    """Run ``tools/train.py`` with ``argv``; returns the finished Runner."""
+    args = train_parser().parse_args(argv)
+    cfg = load_config(args)
+    if args.amp:
+        if not torch.cuda.is_available():
+            raise ValueError('--amp needs a CUDA device; run without --amp on CPU.')
+        if cfg.optim_wrapper.get('type') != 'AmpOptimWrapper':
+            cfg.optim_wrapper.type = 'AmpOptimWrapper'
+            cfg.optim_wrapper.setdefault('loss_scale', 'dynamic')
+    if args.auto_scale_lr:
+        if 'auto_scale_lr' not in cfg or 'base_batch_size' not in cfg.auto_scale_lr:
+            raise ValueError('--auto-scale-lr needs `auto_scale_lr = dict(base_batch_size=...)` in the config')
+        cfg.auto_scale_lr.enable = True
+    if args.resume == 'auto':
+        cfg.resume = True
+        cfg.load_from = None
+    elif args.resume is not None:
+        cfg.resume = True
+        cfg.load_from = args.resume
+    runner = _build_runner(cfg)
+    runner.train()
+    return runner
+
+
+def _enable_visualization(cfg: Config, args: argparse.Namespace) -> None:
+    scope = cfg.default_scope
+    hook = cfg.default_hooks.get('visualization')
+    if hook is None:
+        raise ValueError('--show/--show-dir need a `visualization` entry in default_hooks')
+    show_dir = osp.abspath(args.show_dir) if args.show_dir else None
+    if scope == 'mmpretrain':
+        hook.update(enable=True, show=args.show, wait_time=args.wait_time)
+        if show_dir:
+            hook.out_dir = show_dir
+        return
+    hook.update(draw=True, show=args.show, wait_time=args.wait_time)
+    if show_dir and scope == 'mmdet':
+        hook.test_out_dir = show_dir
+    elif show_dir:  # mmseg saves through the visualizer's save_dir
+        cfg.visualizer.save_dir = show_dir
+
+
+def _enable_tta(cfg: Config) -> None:
+    missing = [key for key in ('tta_model', 'tta_pipeline') if key not in cfg]
+    if missing:
+        raise ValueError(f'--tta needs {" and ".join(missing)} in the config')
+    cfg.test_dataloader.dataset.pipeline = cfg.tta_pipeline
+    cfg.tta_model.module = cfg.model
+    cfg.model = cfg.tta_model
+
+
+def _add_dump(runner: Runner, cfg: Config, out: str) -> None:
+    if cfg.default_scope == 'mmdet':
+        from mmdet.evaluation import DumpDetResults as Dump
+    else:
+        from mmengine.evaluator import DumpResults as Dump
+    if not out.endswith(('.pkl', '.pickle')):
+        raise ValueError(f'--out must be a .pkl or .pickle file for {cfg.default_scope} configs, got {out!r}')
+    runner.test_evaluator.metrics.append(Dump(out_file_path=out))
+
+
+def test(argv: Optional[Sequence[str]] = None) -> dict:
+    """Run ``tools/test.py`` with ``argv``; returns the metrics."""
+    args = test_parser().parse_args(argv)
+    cfg = load_config(args)
+    cfg.load_from = args.checkpoint
+    if args.show or args.show_dir:
+        _enable_visualization(cfg, args)
+    if args.tta:
+        _enable_tta(cfg)
+    if args.out and cfg.default_scope == 'mmseg':
+        cfg.test_evaluator['output_dir'] = args.out
+        cfg.test_evaluator['keep_results'] = True
+    runner = _build_runner(cfg)
+    if args.out and cfg.default_scope != 'mmseg':
+        _add_dump(runner, cfg, args.out)
+    return runner.test()
+
