@@ -104,3 +104,15 @@ def test_install_is_idempotent():
         warnings.simplefilter('error')
         ckpt.install()
         ckpt.install()
+
+
+def test_getattr_in_checkpoints_is_restricted(tmp_path):
+    """The getattr stand-in resolves HistoryBuffer statistics and nothing else."""
+    class Evil:
+        def __reduce__(self):
+            return (getattr, (torch.Tensor, 'add_'))
+
+    path = tmp_path / 'getattr.pth'
+    torch.save({'x': Evil()}, path)
+    with pytest.raises(ckpt.UnsafeCheckpointError, match='only HistoryBuffer statistics'):
+        ckpt.load_local_checkpoint(str(path))

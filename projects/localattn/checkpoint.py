@@ -51,15 +51,38 @@ def _numpy_dtype_classes() -> List[type]:
     return [getattr(dtypes, name) for name in dir(dtypes) if name.endswith('DType')]
 
 
+def _history_buffer_statistic(owner: Any, name: str) -> Callable:
+    """Stand-in for ``builtins.getattr`` while unpickling: resolves only HistoryBuffer statistics.
+
+    ``HistoryBuffer`` pickles its registered statistic methods as ``getattr(HistoryBuffer, 'mean')``;
+    allowing the real ``getattr`` would hand a checkpoint any attribute of any allowed object.
+    """
+    from mmengine.logging.history_buffer import HistoryBuffer
+    if owner is HistoryBuffer and name in HistoryBuffer._statistics_methods:
+        return getattr(HistoryBuffer, name)
+    raise pickle.UnpicklingError(
+        f'getattr({owner!r}, {name!r}) is not allowed in a checkpoint (only HistoryBuffer statistics)')
+
+
 def safe_globals() -> List[Any]:
     """Return the types allowed in checkpoints, beyond torch's own weights-only set.
 
-    Exactly what mmengine Runner checkpoints carry: ``HistoryBuffer`` (message hub scalars) and
-    numpy arrays, dtypes and scalars (iteration statistics, dataset meta).
+    Exactly what mmengine Runner checkpoints carry: ``HistoryBuffer`` (message hub scalars) with
+    its statistic methods (through a restricted ``getattr``), and numpy arrays, dtypes and scalars
+    (iteration statistics, dataset meta).
     """
     from mmengine.logging.history_buffer import HistoryBuffer
-    return [HistoryBuffer, _numpy_reconstruct(), _numpy_scalar(), np.ndarray, np.dtype,
-            *_numpy_dtype_classes()]
+    return [HistoryBuffer, (_history_buffer_statistic, 'builtins.getattr'), _numpy_reconstruct(),
+            _numpy_scalar(), np.ndarray, np.dtype, *_numpy_dtype_classes()]
+
+
+def _refusal_reason(message: str) -> str:
+    """The informative part of torch's weights-only error (what follows 'WeightsUnpickler error:')."""
+    _, _, tail = message.partition('WeightsUnpickler error:')
+    for line in tail.splitlines():
+        if line.strip():
+            return line.split(' Please use ')[0].strip()
+    return message.splitlines()[0] if message else ''
 
 
 def load_local_checkpoint(filename: str, map_location: Optional[Any] = None,
@@ -81,9 +104,7 @@ def load_local_checkpoint(filename: str, map_location: Optional[Any] = None,
     try:
         return torch.load(filename, map_location=map_location, weights_only=True)
     except pickle.UnpicklingError as exc:
-        reason = str(exc).strip().splitlines()
-        detail = next((line for line in reason if 'Unsupported' in line or 'GLOBAL' in line),
-                      reason[0] if reason else type(exc).__name__)
+        detail = _refusal_reason(str(exc)) or type(exc).__name__
         raise UnsafeCheckpointError(
             f'Refused to load checkpoint {filename}: it contains a pickled object that is not on '
             f"localattn's allow-list of checkpoint types ({detail.strip()}). Loading it would let the "
