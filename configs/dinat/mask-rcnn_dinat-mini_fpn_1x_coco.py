@@ -1,0 +1,14 @@
+# Mask R-CNN 1x with a DiNAT-Mini backbone
+# (NAT-Mini with every other block dilated; DiNAT paper's COCO dilations).
+# Everything else (recipe, schedule, optimiser) as the NAT-Mini config.
+_base_ = '../nat/mask-rcnn_nat-mini_fpn_1x_coco.py'
+
+# Official ImageNet-1K DiNAT-Mini checkpoint, as downloaded (local path, see README.md).
+#   --cfg-options model.backbone.init_cfg.checkpoint=PATH
+pretrained = 'checkpoints/dinat-mini_in1k.pth'
+
+model = dict(
+    backbone=dict(
+        type='DiNAT',
+        dilations='coco',
+        init_cfg=dict(type='Pretrained', checkpoint=pretrained)))

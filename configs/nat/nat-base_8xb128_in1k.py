@@ -1,0 +1,7 @@
+# NAT-Base, ImageNet-1K classification from scratch, 300 epochs, 224x224.
+# Everything else (recipe, schedule, optimiser) as the NAT-Tiny config.
+_base_ = './nat-tiny_8xb128_in1k.py'
+
+model = dict(
+    backbone=dict(arch='base', drop_path_rate=0.5),
+    head=dict(in_channels=1024))

@@ -1,0 +1,15 @@
+# UPerNet with a NAT-Mini backbone, ADE20K 512x512, 160k iterations, fp16.
+# Everything else (recipe, schedule, optimiser, TTA) as the NAT-Tiny config.
+_base_ = './nat-tiny_upernet_8xb2-amp-160k_ade20k-512x512.py'
+
+# Official ImageNet-1K NAT-Mini checkpoint, as downloaded (local path, see README.md).
+#   --cfg-options model.backbone.init_cfg.checkpoint=PATH
+pretrained = 'checkpoints/nat-mini_in1k.pth'
+
+model = dict(
+    backbone=dict(
+        arch='mini',
+        drop_path_rate=0.2,
+        init_cfg=dict(type='Pretrained', checkpoint=pretrained)),
+    decode_head=dict(in_channels=[64, 128, 256, 512]),
+    auxiliary_head=dict(in_channels=256))

@@ -1,0 +1,43 @@
+# Plug-in recipe: an UNMODIFIED mmseg config (ResNet-50 UPerNet, 160k, ADE20K 512x512) with its
+# backbone swapped for localattn's NAT-Tiny. The pieces every swap needs:
+#   1. `custom_imports` loads localattn, which registers NAT / DiNAT / QnAViT in mmseg's registry;
+#   2. `pretrained=None` on the model: the base sets `model.pretrained='open-mmlab://resnet50_v1c'`,
+#      which mmseg's EncoderDecoder would pass to the new backbone as an unknown argument;
+#   3. `backbone=dict(_delete_=True, ...)` drops every ResNetV1c argument (depth, dilations,
+#      norm_cfg, contract_dilation, ...) instead of merging them into the new backbone;
+#   4. the heads' channels follow the backbone's outputs C, 2C, 4C, 8C: UPerHead `in_channels`
+#      (all four, in_index 0-3) and the auxiliary FCNHead on stage 3 (`in_index=2`, 4C channels).
+# The data preprocessor (mean/std, size=crop_size) and the heads' SyncBN stay the upstream ones
+# (a single-process run turns SyncBN into BN automatically). The base's SGD (lr 0.01) suits
+# ResNets, not these transformers, so this example also switches to the AdamW setting of
+# configs/nat (step 5, optional but recommended); see configs/nat for the full recipes.
+_base_ = 'mmseg::upernet/upernet_r50_4xb4-160k_ade20k-512x512.py'
+
+custom_imports = dict(imports=['localattn'], allow_failed_imports=False)
+
+# Official NAT-Tiny ImageNet-1K checkpoint (local path; loads as downloaded).
+pretrained = 'checkpoints/nat-tiny_in1k.pth'
+
+model = dict(
+    pretrained=None,
+    backbone=dict(
+        _delete_=True,
+        type='NAT',
+        arch='tiny',
+        out_indices=(0, 1, 2, 3),
+        init_cfg=dict(type='Pretrained', checkpoint=pretrained)),
+    decode_head=dict(in_channels=[64, 128, 256, 512], in_index=[0, 1, 2, 3]),
+    auxiliary_head=dict(in_channels=256, in_index=2))
+
+# 5. (recommended) AdamW without weight decay on rpb tables, norms and layer scale.
+optim_wrapper = dict(
+    _delete_=True,
+    type='OptimWrapper',
+    optimizer=dict(
+        type='AdamW', lr=0.00006, betas=(0.9, 0.999), weight_decay=0.01),
+    paramwise_cfg=dict(
+        custom_keys={
+            'rpb': dict(decay_mult=0.),
+            'norm': dict(decay_mult=0.),
+            'gamma': dict(decay_mult=0.)
+        }))

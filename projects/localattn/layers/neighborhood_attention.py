@@ -1,0 +1,77 @@
+"""2-D neighbourhood-attention layer (NAT / DiNAT) on channels-last maps."""
+from __future__ import annotations
+
+import torch
+import torch.nn as nn
+import torch.nn.functional as F
+from torch import Tensor
+from torch.nn.modules.utils import _pair
+
+from ..ops.na import BACKENDS, na2d
+
+
+class NeighborhoodAttention2d(nn.Module):
+    """Multi-head 2-D neighbourhood attention with relative positional bias, ``[B, H, W, C] -> [B, H, W, C]``.
+
+    Parameter names follow the official NAT checkpoints: ``qkv`` (``Linear(C, 3C)``, output ordered
+    ``(q|k|v, head, head_dim)``), ``rpb`` (``[heads, 2k_H - 1, 2k_W - 1]``) and ``proj``.
+
+    Small maps: an axis shorter than ``kernel_size * dilation`` is zero-padded at its end (after the
+    qkv projection) up to exactly ``kernel_size * dilation``; the padded positions are excluded as
+    keys (``valid_size`` of :func:`~localattn.ops.na.na2d`) and their outputs are cropped. Windows are
+    placed on the padded axis, so along such an axis every dilation group has exactly ``kernel_size``
+    positions and each real query attends to *all* real keys of its group (full attention when
+    ``dilation == 1``). Real pixels never attend padded ones.
+
+    Args:
+        embed_dim: channels ``C``.
+        num_heads: number of heads; must divide ``C``.
+        kernel_size: window size (int or ``(k_H, k_W)``).
+        dilation: dilation (int or ``(d_H, d_W)``).
+        qkv_bias: bias in the qkv projection.
+        rpb: learn a relative positional bias.
+        attn_drop: dropout on the attention weights (training only).
+        proj_drop: dropout after the output projection.
+        backend: NA backend, see :func:`~localattn.ops.na.na2d`.
+    """
+
+    def __init__(self, embed_dim: int, num_heads: int, kernel_size: int | tuple[int, int],
+                 dilation: int | tuple[int, int] = 1, qkv_bias: bool = True, rpb: bool = True,
+                 attn_drop: float = 0., proj_drop: float = 0., backend: str = 'auto') -> None:
+        super().__init__()
+        if num_heads < 1 or embed_dim % num_heads:
+            raise ValueError(f'num_heads ({num_heads}) must be positive and divide embed_dim ({embed_dim})')
+        if backend not in BACKENDS:
+            raise ValueError(f'backend must be one of {BACKENDS}, got {backend!r}')
+        self.embed_dim, self.num_heads = embed_dim, num_heads
+        self.kernel_size, self.dilation = _pair(kernel_size), _pair(dilation)
+        self.backend = backend
+        self.qkv = nn.Linear(embed_dim, 3 * embed_dim, bias=qkv_bias)
+        if rpb:
+            self.rpb = nn.Parameter(torch.empty(num_heads, *(2 * k - 1 for k in self.kernel_size)))
+            nn.init.trunc_normal_(self.rpb, std=0.02)
+        else:
+            self.register_parameter('rpb', None)
+        self.attn_drop = nn.Dropout(attn_drop)
+        self.proj = nn.Linear(embed_dim, embed_dim)
+        self.proj_drop = nn.Dropout(proj_drop)
+
+    def forward(self, x: Tensor) -> Tensor:
+        """``x``: ``[B, H, W, C]`` -> ``[B, H, W, C]``."""
+        b, height, width, c = x.shape
+        heads = self.num_heads
+        qkv = self.qkv(x).view(b, height, width, 3, heads, c // heads)
+        spans = [k * d for k, d in zip(self.kernel_size, self.dilation)]
+        pad_h, pad_w = max(spans[0] - height, 0), max(spans[1] - width, 0)
+        if pad_h or pad_w:
+            qkv = F.pad(qkv, (0, 0, 0, 0, 0, 0, 0, pad_w, 0, pad_h))
+        q, k, v = qkv.unbind(3)
+        out = na2d(q, k, v, self.kernel_size, dilation=self.dilation, rpb=self.rpb,
+                   valid_size=(height, width) if pad_h or pad_w else None,
+                   dropout_p=self.attn_drop.p if self.training else 0.0, backend=self.backend)
+        out = out[:, :height, :width].reshape(b, height, width, c)
+        return self.proj_drop(self.proj(out))
+
+    def extra_repr(self) -> str:
+        return (f'embed_dim={self.embed_dim}, num_heads={self.num_heads}, kernel_size={self.kernel_size}, '
+                f'dilation={self.dilation}, rpb={self.rpb is not None}, backend={self.backend!r}')

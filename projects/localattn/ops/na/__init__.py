@@ -1,0 +1,9 @@
+"""Neighbourhood attention (NA / dilated NA) in the exact NATTEN semantics, with RPB and autograd.
+
+Public ops: :func:`na1d`, :func:`na2d`, :func:`na3d` (heads-last tensors ``[B, *spatial, heads, head_dim]``).
+Backends: ``reference`` (explicit gather, the oracle), ``tiled`` (fast pure-torch tiles, any device),
+``flex`` (torch FlexAttention, CUDA), ``natten`` (the optional NATTEN package); ``auto`` picks one.
+"""
+from .functional import BACKENDS, na1d, na2d, na3d
+
+__all__ = ['BACKENDS', 'na1d', 'na2d', 'na3d']

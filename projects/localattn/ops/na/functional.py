@@ -1,0 +1,200 @@
+"""Public neighbourhood-attention ops ``na1d``/``na2d``/``na3d``: argument checking and backend dispatch."""
+from __future__ import annotations
+
+import importlib.util
+from typing import Sequence, Union
+
+import torch
+from torch import Tensor
+
+from .indexing import AxisSpec
+from .reference import na_reference
+from .tiled import na_tiled
+
+BACKENDS = ('auto', 'reference', 'tiled', 'flex', 'natten')
+DTYPES = (torch.float16, torch.bfloat16, torch.float32, torch.float64)
+IntArg = Union[int, Sequence[int]]
+BoolArg = Union[bool, Sequence[bool]]
+
+
+def _per_axis(name: str, value, n: int, kind: type) -> tuple:
+    """Broadcast an int/bool (or check a length-``n`` sequence) to a per-axis tuple."""
+    values = tuple(value) if isinstance(value, (tuple, list)) else (value,) * n
+    if len(values) != n or not all(isinstance(v, kind) and (kind is bool or not isinstance(v, bool))
+                                   for v in values):
+        raise ValueError(f'{name} must be a {kind.__name__} or a sequence of {n} {kind.__name__}s, '
+                         f'got {value!r}')
+    return values
+
+
+def _check_tensors(n: int, query: Tensor, key: Tensor, value: Tensor) -> None:
+    layout = '[B, ' + ', '.join('XYZ'[:n]) + ', heads, head_dim]'
+    for name, x in (('query', query), ('key', key), ('value', value)):
+        if not isinstance(x, Tensor):
+            raise ValueError(f'{name} must be a Tensor, got {type(x).__name__}')
+        if x.dim() != n + 3:
+            raise ValueError(f'{name} must have {n + 3} dims {layout} for na{n}d, got shape {tuple(x.shape)}')
+        if x.dtype not in DTYPES:
+            raise ValueError(f'{name} dtype must be one of {DTYPES}, got {x.dtype}')
+    for name, x in (('key', key), ('value', value)):
+        if x.shape != query.shape:
+            raise ValueError(f'{name} shape {tuple(x.shape)} must equal query shape {tuple(query.shape)}')
+        if x.dtype != query.dtype:
+            raise ValueError(f'{name} dtype {x.dtype} must equal query dtype {query.dtype}')
+        if x.device != query.device:
+            raise ValueError(f'{name} device {x.device} must equal query device {query.device}')
+    if query.shape[-1] < 1 or query.shape[-2] < 1:
+        raise ValueError(f'heads and head_dim must be positive, got shape {tuple(query.shape)}')
+
+
+def _axes(n: int, query: Tensor, kernel_size: IntArg, dilation: IntArg, stride: IntArg,
+          is_causal: BoolArg, valid_size: IntArg | None) -> tuple[AxisSpec, ...]:
+    kernel = _per_axis('kernel_size', kernel_size, n, int)
+    dil = _per_axis('dilation', dilation, n, int)
+    step = _per_axis('stride', stride, n, int)
+    causal = _per_axis('is_causal', is_causal, n, bool)
+    sizes = tuple(query.shape[1:n + 1])
+    valid = sizes if valid_size is None else _per_axis('valid_size', valid_size, n, int)
+    for name, vals in (('kernel_size', kernel), ('dilation', dil), ('stride', step)):
+        if min(vals) < 1:
+            raise ValueError(f'{name} must be positive, got {vals}')
+    for a in range(n):
+        if kernel[a] * dil[a] > sizes[a]:
+            raise ValueError(f'kernel_size * dilation ({kernel[a]} * {dil[a]} = {kernel[a] * dil[a]}) '
+                             f'must be <= the size of axis {a + 1} ({sizes[a]})')
+        if step[a] > kernel[a]:
+            raise ValueError(f'stride ({step[a]}) must be <= kernel_size ({kernel[a]}) on axis {a + 1}')
+        if not 1 <= valid[a] <= sizes[a]:
+            raise ValueError(f'valid_size ({valid[a]}) must be in [1, {sizes[a]}] on axis {a + 1}')
+    return tuple(AxisSpec(sizes[a], kernel[a], dil[a], step[a], causal[a],
+                          None if valid[a] == sizes[a] else valid[a]) for a in range(n))
+
+
+def _check_rpb(rpb: Tensor | None, query: Tensor, axes: tuple[AxisSpec, ...]) -> None:
+    if rpb is None:
+        return
+    shape = (query.shape[-2], *(2 * ax.kernel - 1 for ax in axes))
+    if not isinstance(rpb, Tensor) or tuple(rpb.shape) != shape:
+        got = tuple(rpb.shape) if isinstance(rpb, Tensor) else type(rpb).__name__
+        raise ValueError(f'rpb must have shape [heads, 2k-1, ...] = {shape}, got {got}')
+    if not rpb.is_floating_point() or rpb.device != query.device:
+        raise ValueError(f'rpb must be a floating tensor on {query.device}, got {rpb.dtype} on {rpb.device}')
+    if any(ax.stride > 1 for ax in axes):
+        raise ValueError(f'rpb requires stride 1 on every axis, got stride {tuple(ax.stride for ax in axes)}')
+
+
+def natten_available() -> bool:
+    """Whether the optional ``natten`` package is importable."""
+    return importlib.util.find_spec('natten') is not None
+
+
+def _natten(query: Tensor, key: Tensor, value: Tensor, axes: tuple[AxisSpec, ...], scale: float) -> Tensor:
+    import natten
+    op = getattr(natten, f'na{len(axes)}d')
+    return op(query, key, value, kernel_size=tuple(ax.kernel for ax in axes),
+              stride=tuple(ax.stride for ax in axes), dilation=tuple(ax.dilation for ax in axes),
+              is_causal=tuple(ax.causal for ax in axes), scale=scale)
+
+
+def _resolve_backend(backend: str, query: Tensor, rpb: Tensor | None, axes: tuple[AxisSpec, ...],
+                     dropout_p: float) -> str:
+    if backend not in BACKENDS:
+        raise ValueError(f'backend must be one of {BACKENDS}, got {backend!r}')
+    plain = rpb is None and dropout_p == 0 and all(ax.valid is None for ax in axes)
+    if backend == 'auto':
+        if query.device.type != 'cuda' or dropout_p > 0 or query.dtype == torch.float64:
+            return 'tiled'
+        return 'natten' if plain and natten_available() else 'flex'
+    if backend == 'natten':
+        if not plain:
+            raise ValueError('backend="natten" supports neither rpb, valid_size nor dropout_p > 0')
+        if not natten_available():
+            raise RuntimeError('backend="natten" requested but the natten package is not installed')
+    if backend == 'flex' and dropout_p > 0:
+        raise ValueError('backend="flex" does not support dropout_p > 0')
+    return backend
+
+
+def _na(n: int, query: Tensor, key: Tensor, value: Tensor, kernel_size: IntArg, dilation: IntArg,
+        stride: IntArg, is_causal: BoolArg, rpb: Tensor | None, scale: float | None,
+        valid_size: IntArg | None, dropout_p: float, backend: str) -> Tensor:
+    """Check the arguments of an n-D NA call and run it on the selected backend."""
+    _check_tensors(n, query, key, value)
+    axes = _axes(n, query, kernel_size, dilation, stride, is_causal, valid_size)
+    _check_rpb(rpb, query, axes)
+    if not 0 <= dropout_p < 1:
+        raise ValueError(f'dropout_p must be in [0, 1), got {dropout_p}')
+    scale = query.shape[-1] ** -0.5 if scale is None else float(scale)
+    backend = _resolve_backend(backend, query, rpb, axes, dropout_p)
+    if query.shape[0] == 0:
+        return torch.empty_like(query)
+    if backend == 'reference':
+        return na_reference(query, key, value, axes, rpb, scale, dropout_p)
+    if backend == 'tiled':
+        return na_tiled(query, key, value, axes, rpb, scale, dropout_p)
+    if backend == 'flex':
+        from .flex import na_flex
+        return na_flex(query, key, value, axes, rpb, scale)
+    return _natten(query, key, value, axes, scale)
+
+
+def na1d(query: Tensor, key: Tensor, value: Tensor, kernel_size: IntArg, *, dilation: IntArg = 1,
+         stride: IntArg = 1, is_causal: BoolArg = False, rpb: Tensor | None = None,
+         scale: float | None = None, valid_size: IntArg | None = None, dropout_p: float = 0.0,
+         backend: str = 'auto') -> Tensor:
+    """1-D neighbourhood attention on ``[B, L, heads, head_dim]``; ``rpb``: ``[heads, 2k - 1]``.
+
+    See :func:`na2d` for the semantics of every argument.
+    """
+    return _na(1, query, key, value, kernel_size, dilation, stride, is_causal, rpb, scale, valid_size,
+               dropout_p, backend)
+
+
+def na2d(query: Tensor, key: Tensor, value: Tensor, kernel_size: IntArg, *, dilation: IntArg = 1,
+         stride: IntArg = 1, is_causal: BoolArg = False, rpb: Tensor | None = None,
+         scale: float | None = None, valid_size: IntArg | None = None, dropout_p: float = 0.0,
+         backend: str = 'auto') -> Tensor:
+    """2-D neighbourhood attention (NATTEN semantics).
+
+    Along every axis (length ``L``) a query attends to ``kernel_size`` keys of its dilation group,
+    in a window centred on it and shifted inside the map at borders; queries in blocks of ``stride``
+    share the window of the block leader; ``is_causal`` axes see only keys at or before the query.
+    The neighbour set in 2-D is the product of the per-axis windows; the exact per-axis rule is in
+    :mod:`localattn.ops.na.indexing`.
+
+    Args:
+        query, key, value: ``[B, H, W, heads, head_dim]``, same shape, dtype (fp16/bf16/fp32/fp64)
+            and device.
+        kernel_size: window size ``k`` (int or per-axis tuple), ``k * dilation <= axis size``.
+        dilation: dilation ``d`` (int or per-axis tuple).
+        stride: query stride ``1 <= s <= k`` (int or per-axis tuple).
+        is_causal: causal masking (bool or per-axis tuple).
+        rpb: optional relative positional bias ``[heads, 2k_H - 1, 2k_W - 1]``; the key at relative
+            offset ``(dy, dx)`` (in dilated steps) gets ``rpb[h, dy + k_H - 1, dx + k_W - 1]``, added
+            to the scaled logit. Stride 1 only. On a causal axis the offsets are ``<= 0``.
+        scale: logit scale, default ``head_dim ** -0.5``.
+        valid_size: optional per-axis number of leading positions that may be attended as keys
+            (for maps padded up to ``k * d``). Windows are still computed on the full (padded)
+            size; keys at or beyond ``valid_size`` are removed from them. Queries left without any
+            key output zeros.
+        dropout_p: dropout probability applied to the attention weights (not on ``flex``/``natten``).
+        backend: one of ``'auto'`` (CUDA: natten when installed and applicable, else flex; fp64,
+            dropout and CPU: tiled), ``'reference'``, ``'tiled'``, ``'flex'``, ``'natten'``.
+
+    Returns:
+        ``[B, H, W, heads, head_dim]``, dtype of ``query``.
+    """
+    return _na(2, query, key, value, kernel_size, dilation, stride, is_causal, rpb, scale, valid_size,
+               dropout_p, backend)
+
+
+def na3d(query: Tensor, key: Tensor, value: Tensor, kernel_size: IntArg, *, dilation: IntArg = 1,
+         stride: IntArg = 1, is_causal: BoolArg = False, rpb: Tensor | None = None,
+         scale: float | None = None, valid_size: IntArg | None = None, dropout_p: float = 0.0,
+         backend: str = 'auto') -> Tensor:
+    """3-D neighbourhood attention on ``[B, X, Y, Z, heads, head_dim]``; ``rpb``: ``[heads, 2k-1, 2k-1, 2k-1]``.
+
+    See :func:`na2d` for the semantics of every argument.
+    """
+    return _na(3, query, key, value, kernel_size, dilation, stride, is_causal, rpb, scale, valid_size,
+               dropout_p, backend)

@@ -1,0 +1,163 @@
+"""QnA local attention ("Learned Queries for Efficient Local Attention", CVPR 2022), functional core.
+
+For every output pixel ``i``, learned query ``l`` and head ``m`` the op takes a softmax over the
+``k x k`` window of input pixels ``j = stride * i + o - p`` (``p = (k - 1) // 2``) that lie INSIDE the
+image (out-of-image keys are masked, not zero-feature keys)::
+
+    a_lm(i, o) = exp(s_lm(j) + b_lm(o)) / sum_{o' in image} exp(s_lm(j') + b_lm(o'))
+    z_m(i)     = sum_l sum_o w_lm(o) * a_lm(i, o) * v_m(j)
+
+where ``s`` are the (already folded) query-key logits, ``b`` the relative positional bias and ``w``
+the attention-scale weights (applied to the numerator only).
+
+Efficient form: ``exp(s + b) = exp(s) * exp(b)`` and ``s`` depends only on the key pixel, so with
+``E = exp(s - c)`` and ``U = E * v`` the numerator is a depthwise convolution of ``U`` with kernel
+``exp(b - max b) * w`` and the denominator a depthwise convolution of ``E`` with kernel
+``exp(b - max b)``; zero padding in exp-space masks out-of-image keys exactly. Activations are about
+``(2L + 1) * C * H * W`` floats: no ``k * k`` factor.
+
+Numerical safety:
+
+* exp, both convolutions and the division run in fp32 (fp64 for fp64 inputs) with autocast
+  disabled, whatever the input dtype; the result is cast back to the inputs' dtype.
+* The stabiliser ``c`` is the per (batch, query, head) maximum of the logits over the whole map, and
+  ``max b`` the per (query, head) maximum of the bias over the window. Both are constant over every
+  window, so they cancel exactly between numerator and denominator (and are detached).
+* A global ``c`` can underflow a whole window far below the global maximum to ``0 / 0``. Every
+  output (pixel, query, head) whose stabilised denominator is below ``exp(-fallback_margin)`` is
+  recomputed exactly with an explicit per-window softmax over just those windows (gathered, with
+  their own maximum). This criterion covers both a window whose logits lie far below ``c`` and one
+  whose only large logits sit at offsets with a very negative bias. The fallback is rare for
+  normalised inputs; its memory is ``k * k * head_dim`` per recomputed entry.
+"""
+from __future__ import annotations
+
+import math
+
+import torch
+import torch.nn.functional as F
+from torch import Tensor
+
+__all__ = ['qna2d']
+
+
+def _check_inputs(logits: Tensor, value: Tensor, rpb: Tensor, scale_weights: Tensor,
+                  kernel_size: int, stride: int) -> None:
+    """Raise ``ValueError`` naming the offending argument when shapes or options are inconsistent."""
+    if not isinstance(kernel_size, int) or kernel_size < 1 or kernel_size % 2 == 0:
+        raise ValueError(f'kernel_size must be a positive odd int, got {kernel_size!r}')
+    if not isinstance(stride, int) or stride < 1:
+        raise ValueError(f'stride must be a positive int, got {stride!r}')
+    if logits.dim() != 5:
+        raise ValueError(f'logits must be [B, H, W, L, heads], got shape {tuple(logits.shape)}')
+    if value.dim() != 5:
+        raise ValueError(f'value must be [B, H, W, heads, head_dim], got shape {tuple(value.shape)}')
+    batch, height, width, num_queries, heads = logits.shape
+    if value.shape[:4] != (batch, height, width, heads):
+        raise ValueError(f'value shape {tuple(value.shape)} does not match logits shape '
+                         f'{tuple(logits.shape)}: expected [{batch}, {height}, {width}, {heads}, head_dim]')
+    if height < 1 or width < 1:
+        raise ValueError(f'logits must have a non-empty map, got H={height}, W={width}')
+    table_shape = (num_queries, heads, kernel_size, kernel_size)
+    for name, table in (('rpb', rpb), ('scale_weights', scale_weights)):
+        if tuple(table.shape) != table_shape:
+            raise ValueError(f'{name} must have shape [L, heads, k, k] = {table_shape}, '
+                             f'got {tuple(table.shape)}')
+
+
+def _compute_dtype(*tensors: Tensor) -> torch.dtype:
+    """fp64 when any input is fp64 (for gradcheck), fp32 otherwise (fp16/bf16 are upcast)."""
+    return torch.float64 if any(t.dtype == torch.float64 for t in tensors) else torch.float32
+
+
+def _to_nchw(x: Tensor) -> Tensor:
+    """``[B, H, W, *channels]`` -> ``[B, prod(channels), H, W]`` as a channels-last view (no copy)."""
+    return x.reshape(*x.shape[:3], -1).permute(0, 3, 1, 2)
+
+
+def _window_softmax(logits: Tensor, value: Tensor, rpb: Tensor, scale_weights: Tensor,
+                    index: tuple[Tensor, ...], kernel_size: int, stride: int) -> Tensor:
+    """Explicit, max-subtracted window softmax for the selected outputs only.
+
+    Args:
+        logits: ``[B, H, W, L, heads]``. value: ``[B, H, W, heads, d]``.
+        rpb, scale_weights: ``[L, heads, k, k]``.
+        index: ``(b, y, x, l, m)`` index tensors of length ``n`` (output pixel ``(y, x)``).
+
+    Returns:
+        ``[n, d]``: ``sum_o w(o) * softmax_o(s(j) + b(o)) * v(j)`` over in-image window keys.
+    """
+    b, y, x, q, m = index
+    _, height, width, _, _ = logits.shape
+    pad = (kernel_size - 1) // 2
+    offsets = torch.arange(kernel_size, device=logits.device) - pad
+    rows = (stride * y)[:, None, None] + offsets[None, :, None]          # [n, k, 1]
+    cols = (stride * x)[:, None, None] + offsets[None, None, :]          # [n, 1, k]
+    inside = (rows >= 0) & (rows < height) & (cols >= 0) & (cols < width)  # [n, k, k]
+    rows, cols = rows.clamp(0, height - 1), cols.clamp(0, width - 1)
+    b3, q3, m3 = b[:, None, None], q[:, None, None], m[:, None, None]
+    scores = logits[b3, rows, cols, q3, m3] + rpb[q, m]                  # [n, k, k]
+    scores = scores.masked_fill(~inside, float('-inf')).flatten(1)
+    attn = torch.softmax(scores, dim=1) * scale_weights[q, m].flatten(1)  # [n, k*k]
+    keys_v = value[b3, rows, cols, m3].flatten(1, 2)                     # [n, k*k, d]
+    return torch.einsum('nk,nkd->nd', attn, keys_v)
+
+
+def _qna2d_exp_space(logits: Tensor, value: Tensor, rpb: Tensor, scale_weights: Tensor,
+                     kernel_size: int, stride: int, fallback_margin: float) -> Tensor:
+    """The efficient form in full precision: ``[B, H, W, L, h]``, ``[B, H, W, h, d]`` -> ``[B, H', W', h, d]``."""
+    batch, _, _, num_queries, heads = logits.shape
+    head_dim = value.shape[-1]
+    pad = (kernel_size - 1) // 2
+    conv = dict(stride=stride, padding=pad)
+
+    stab = logits.detach().amax(dim=(1, 2), keepdim=True)                # [B, 1, 1, L, h]
+    exp_logits = torch.exp(logits - stab)                                # E: [B, H, W, L, h]
+    weighted = exp_logits[..., None] * value[:, :, :, None]              # U: [B, H, W, L, h, d]
+
+    exp_bias = torch.exp(rpb - rpb.detach().amax(dim=(2, 3), keepdim=True))  # [L, h, k, k]
+    den_kernel = exp_bias.reshape(num_queries * heads, 1, kernel_size, kernel_size)
+    num_kernel = (exp_bias * scale_weights)[:, :, None].expand(-1, -1, head_dim, -1, -1)
+    num_kernel = num_kernel.reshape(num_queries * heads * head_dim, 1, kernel_size, kernel_size)
+
+    den = F.conv2d(_to_nchw(exp_logits), den_kernel, groups=den_kernel.shape[0], **conv)
+    num = F.conv2d(_to_nchw(weighted), num_kernel, groups=num_kernel.shape[0], **conv)
+    out_h, out_w = den.shape[-2:]
+    den = den.permute(0, 2, 3, 1).reshape(batch, out_h, out_w, num_queries, heads)
+    num = num.permute(0, 2, 3, 1).reshape(batch, out_h, out_w, num_queries, heads, head_dim)
+
+    underflow = den < math.exp(-fallback_margin)                         # [B, H', W', L, h]
+    ratio = num / den.masked_fill(underflow, 1.0)[..., None]             # [B, H', W', L, h, d]
+    if underflow.any():
+        index = underflow.nonzero(as_tuple=True)
+        exact = _window_softmax(logits, value, rpb, scale_weights, index, kernel_size, stride)
+        ratio = ratio.index_put(index, exact)
+    return ratio.sum(dim=3)
+
+
+def qna2d(logits: Tensor, value: Tensor, rpb: Tensor, scale_weights: Tensor, *,
+          kernel_size: int, stride: int = 1, fallback_margin: float = 60.0) -> Tensor:
+    """QnA attention over ``k x k`` windows (masked at the border), summed over the learned queries.
+
+    Args:
+        logits: ``[B, H, W, L, heads]`` folded query-key logits ``x_j . (W_k q_hat_l)`` with ``q_hat``
+            L2-normalised per (query, head) and divided by ``sqrt(head_dim)``.
+        value: ``[B, H, W, heads, head_dim]``.
+        rpb: ``[L, heads, k, k]`` relative positional bias per window offset ``(dy, dx)``.
+        scale_weights: ``[L, heads, k, k]`` attention-scale weights ``w`` (multiply the numerator).
+        kernel_size: odd window size ``k``; padding is ``(k - 1) // 2``.
+        stride: output stride ``s``; output pixel ``i`` reads inputs ``s * i + o - p``.
+        fallback_margin: an output whose stabilised softmax denominator is below
+            ``exp(-fallback_margin)`` is recomputed with an explicit per-window softmax.
+
+    Returns:
+        ``[B, ceil(H / s), ceil(W / s), heads, head_dim]`` in the promoted dtype of ``logits`` and
+        ``value``; computed in fp32 (fp64 for fp64 inputs) with autocast disabled.
+    """
+    _check_inputs(logits, value, rpb, scale_weights, kernel_size, stride)
+    out_dtype = torch.promote_types(logits.dtype, value.dtype)
+    dtype = _compute_dtype(logits, value, rpb, scale_weights)
+    with torch.autocast(device_type=logits.device.type, enabled=False):
+        out = _qna2d_exp_space(logits.to(dtype), value.to(dtype), rpb.to(dtype),
+                               scale_weights.to(dtype), kernel_size, stride, fallback_margin)
+    return out.to(out_dtype)
