@@ -42,7 +42,7 @@ def test_nat_classifier_flops_and_params_match_paper(arch):
     spec = NAT_ARCHS[arch]
     result = count_flops_params(classifier('NAT', arch, spec['embed_dims']), (3, 224, 224))
     params_m, gflops = PAPER[arch]
-    assert abs(result['params'] / 1e6 - params_m) / params_m < 0.0051
+    assert abs(result['params'] / 1e6 - params_m) / params_m < 0.005
     assert abs(result['flops'] / 1e9 - gflops) / gflops < 0.05
     assert result['flops_by_operator']['neighborhood_attention'] == analytic_na(
         spec['depths'], spec['embed_dims'], 7, 224, 224)

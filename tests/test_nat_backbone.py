@@ -1,5 +1,4 @@
 """NAT / DiNAT backbones: shapes, interface, checkpoints, converter, registries, optimizer groups."""
-import copy
 import math
 
 import pytest
@@ -353,8 +352,8 @@ def test_mmpretrain_classifier_param_counts():
         spec = NAT_ARCHS[arch]
         assert n == exact_classifier_params(spec['embed_dims'], spec['depths'], spec['num_heads'],
                                             spec['mlp_ratio'], spec['layer_scale'])
-        assert round(n / 1e6) == paper_m
-        assert abs(n / 1e6 - paper_m) / paper_m < 0.0051, (arch, n)
+        # the paper rounds to whole millions (small: 50.743M -> 51M, 0.50% below)
+        assert round(n / 1e6) == paper_m, (arch, n)
     dinat = build_classifier(dict(type='DiNAT', arch='tiny'))
     assert sum(p.numel() for p in dinat.parameters()) == exact_classifier_params(
         64, (3, 4, 18, 5), (2, 4, 8, 16), 3., None)

@@ -152,7 +152,10 @@ default_hooks = dict(
     param_scheduler=dict(type='ParamSchedulerHook'),
     checkpoint=dict(type='CheckpointHook', by_epoch=False, interval=max_iters, max_keep_ckpts=2),
     sampler_seed=dict(type='DistSamplerSeedHook'),
-    visualization=dict(type='SegVisualizationHook'))
+    # interval=1: `tools/test.py --show-dir` draws every test image (mmseg's default is every 50th)
+    visualization=dict(type='SegVisualizationHook', interval=1))
+visualizer = dict(type='SegLocalVisualizer', vis_backends=[dict(type='LocalVisBackend')],
+                  name='visualizer', alpha=0.5)
 log_processor = dict(by_epoch=False)
 env_cfg = dict(cudnn_benchmark=False)
 randomness = dict(seed=0)

@@ -16,6 +16,7 @@ from __future__ import annotations
 import ctypes
 import functools
 import hashlib
+import math
 import os
 import platform
 import shutil
@@ -35,10 +36,10 @@ PAD = 8  # zero columns after each transposed row (one vector step)
 FLAGS = ('-O3', '-march=native', '-fopenmp-simd', '-shared', '-fPIC', '-std=c++17', '-pthread')
 
 SOURCE = r'''
-// Exact neighbourhood attention on CPU, one (batch, head) slice at a time.
-// Row layouts [BH, N, C]; transposed layouts [BH, C, NP] (NP = N + pad >= N + 8) so that the keys of
-// a window row, contiguous along the last axis, form one vector per channel.
-// The last axis has dilation 1 here (dilation groups are made contiguous by the caller).
+// Exact neighbourhood attention on CPU, one (batch*head, position) at a time.
+// Row layouts [BH, N, C]; transposed layouts [BH, C, NP] (NP >= N + V) so that a run of neighbours
+// that is contiguous along the last axis becomes a vector lane run for every channel.
+// The last axis has dilation 1 here (the caller makes dilation groups contiguous).
 // Per-axis tables tab[3][5][Lmax]: 0 first key, 1 key count, 2 RPB index of the first key
 // (query-indexed); 3 first query, 4 query count (key-indexed: queries whose window holds the key).
 #include <algorithm>
@@ -50,7 +51,9 @@ SOURCE = r'''
 
 namespace {
 
-constexpr int V = 8;  // keys per vector step
+constexpr int V = 8;    // lanes of one segment (a run of neighbours along the last axis)
+constexpr int G = 4;    // segments per dot-product group (independent accumulator chains)
+constexpr int CW = 32;  // channels per accumulation chunk
 
 struct Geometry {
   int64_t BH, H, N, NP, C, L[3], d[3], K[3], W[3], Lmax, R, M;
@@ -61,6 +64,10 @@ struct Geometry {
     x[1] = (n / L[2]) % L[1];
     x[0] = n / (L[1] * L[2]);
   }
+};
+
+struct Segment {
+  int64_t base, rel, len, step;  // positions base + l, RPB indices rel + step * l, l < len <= V
 };
 
 inline float exp_approx(float x) {  // Cephes-style expf, vectorisable, ~2 ulp on [-87, 88]
@@ -74,18 +81,12 @@ inline float exp_approx(float x) {  // Cephes-style expf, vectorisable, ~2 ulp o
   y = y * x + 1.6666665459e-1f;
   y = y * x + 5.0000001201e-1f;
   y = y * x * x + x + 1.0f;
-  int32_t bits = (static_cast<int32_t>(n) + 127) << 23;
+  const int32_t bits = (static_cast<int32_t>(n) + 127) << 23;
   float scale;
   std::memcpy(&scale, &bits, sizeof(scale));
   return y * scale;
 }
 inline double exp_approx(double x) { return std::exp(x); }
-
-template <typename T>
-inline void axpy(T alpha, const T* __restrict x, T* __restrict y, int64_t n) {
-#pragma omp simd
-  for (int64_t i = 0; i < n; ++i) y[i] += alpha * x[i];
-}
 
 template <typename F>
 void parallel_for(int64_t n, int threads, F fn) {
@@ -97,90 +98,123 @@ void parallel_for(int64_t n, int threads, F fn) {
   for (auto& th : pool) th.join();
 }
 
-// Dot products of one row vector a[C] with V consecutive columns of two transposed operands:
-// s[l] = sum_c a[c] * bt[c * NP + l], optionally also p[l] = sum_c a2[c] * b2t[c * NP + l].
-template <typename T>
-inline void dots(const T* a, const T* bt, T* s, int64_t C, int64_t NP) {
-  T acc[V] = {};
-  for (int64_t c = 0; c < C; ++c) {
-    const T ac = a[c];
-    const T* b = bt + c * NP;
-#pragma omp simd
-    for (int l = 0; l < V; ++l) acc[l] += ac * b[l];
-  }
-  for (int l = 0; l < V; ++l) s[l] = acc[l];
-}
-template <typename T>
-inline void dots2(const T* a, const T* bt, const T* a2, const T* b2t, T* s, T* p, int64_t C, int64_t NP) {
-  T acc[V] = {}, acc2[V] = {};
-  for (int64_t c = 0; c < C; ++c) {
-    const T ac = a[c], ac2 = a2[c];
-    const T *b = bt + c * NP, *b2 = b2t + c * NP;
-#pragma omp simd
-    for (int l = 0; l < V; ++l) acc[l] += ac * b[l], acc2[l] += ac2 * b2[l];
-  }
-  for (int l = 0; l < V; ++l) s[l] = acc[l], p[l] = acc2[l];
-}
-
-// Calls fn(row_base, rel_base, count) for every window row of query n: the row's keys are
-// row_base + t and their RPB indices rel_base + t for t < count.
-template <typename F>
-inline void for_key_rows(const Geometry& g, int64_t n, F fn) {
-  int64_t x[3], f[3], c[3], r[3];
+// Segments of the window of query n (keys; RPB index increasing along a segment).
+inline int64_t key_segments(const Geometry& g, int64_t n, Segment* seg) {
+  int64_t x[3], f[3], c[3], r[3], ns = 0;
   g.coords(n, x);
   for (int a = 0; a < 3; ++a) f[a] = g.at(a, 0, x[a]), c[a] = g.at(a, 1, x[a]), r[a] = g.at(a, 2, x[a]);
   for (int64_t t0 = 0; t0 < c[0]; ++t0)
-    for (int64_t t1 = 0; t1 < c[1]; ++t1)
-      fn(((f[0] + g.d[0] * t0) * g.L[1] + f[1] + g.d[1] * t1) * g.L[2] + f[2],
-         ((r[0] + t0) * g.W[1] + r[1] + t1) * g.W[2] + r[2], c[2]);
+    for (int64_t t1 = 0; t1 < c[1]; ++t1) {
+      const int64_t base = ((f[0] + g.d[0] * t0) * g.L[1] + f[1] + g.d[1] * t1) * g.L[2] + f[2];
+      const int64_t rel = ((r[0] + t0) * g.W[1] + r[1] + t1) * g.W[2] + r[2];
+      for (int64_t x0 = 0; x0 < c[2]; x0 += V) seg[ns++] = {base + x0, rel + x0, std::min<int64_t>(V, c[2] - x0), 1};
+    }
+  return ns;
 }
 
-// Calls fn(row_base, rel_base, count) for every row of queries holding key n in their window; the
-// queries are row_base + t, their RPB index for this key rel_base - t (stride 1).
-template <typename F>
-inline void for_query_rows(const Geometry& g, int64_t n, F fn) {
-  int64_t x[3], f[3], c[3];
+// Segments of the queries whose window holds key n (RPB index (key - query) / d + k - 1, stride 1).
+inline int64_t query_segments(const Geometry& g, int64_t n, Segment* seg) {
+  int64_t x[3], f[3], c[3], ns = 0;
   g.coords(n, x);
   for (int a = 0; a < 3; ++a) f[a] = g.at(a, 3, x[a]), c[a] = g.at(a, 4, x[a]);
   for (int64_t t0 = 0; t0 < c[0]; ++t0)
     for (int64_t t1 = 0; t1 < c[1]; ++t1) {
       const int64_t q0 = f[0] + g.d[0] * t0, q1 = f[1] + g.d[1] * t1;
+      const int64_t base = (q0 * g.L[1] + q1) * g.L[2] + f[2];
       const int64_t rel = (((x[0] - q0) / g.d[0] + g.K[0] - 1) * g.W[1] + (x[1] - q1) / g.d[1] + g.K[1] - 1) * g.W[2] +
                           x[2] - f[2] + g.K[2] - 1;
-      fn((q0 * g.L[1] + q1) * g.L[2] + f[2], rel, c[2]);
+      for (int64_t x0 = 0; x0 < c[2]; x0 += V) seg[ns++] = {base + x0, rel - x0, std::min<int64_t>(V, c[2] - x0), -1};
     }
+  return ns;
 }
+
+// For every segment: s[l] = sum_c a[c] * bt[c * NP + base + l] and (TWO) p[l] likewise with a2, b2t.
+// Writes the valid lanes of all segments contiguously (entry j), with position idx[j] and RPB index rel[j].
+template <typename T, bool TWO>
+int64_t segment_dots(const Geometry& g, const Segment* seg, int64_t ns, const T* a, const T* bt, const T* a2,
+                     const T* b2t, T* s, T* p, int64_t* idx, int64_t* rel) {
+  int64_t m = 0;
+  for (int64_t s0 = 0; s0 < ns; s0 += G) {
+    int64_t base[G];
+    for (int i = 0; i < G; ++i) base[i] = seg[std::min<int64_t>(s0 + i, ns - 1)].base;
+    T acc[G][V] = {}, acc2[G][V] = {};
+    for (int64_t c = 0; c < g.C; ++c) {
+      const T ac = a[c], ac2 = TWO ? a2[c] : T(0);
+      const T *b = bt + c * g.NP, *b2 = TWO ? b2t + c * g.NP : nullptr;
+      for (int i = 0; i < G; ++i) {
+#pragma omp simd
+        for (int l = 0; l < V; ++l) acc[i][l] += ac * b[base[i] + l];
+        if (TWO) {
+#pragma omp simd
+          for (int l = 0; l < V; ++l) acc2[i][l] += ac2 * b2[base[i] + l];
+        }
+      }
+    }
+    for (int64_t i = 0; i < std::min<int64_t>(G, ns - s0); ++i) {
+      const Segment& sg = seg[s0 + i];
+      for (int64_t l = 0; l < sg.len; ++l, ++m) {
+        s[m] = acc[i][l];
+        if (TWO) p[m] = acc2[i][l];
+        idx[m] = sg.base + l;
+        rel[m] = sg.rel + sg.step * l;
+      }
+    }
+  }
+  return m;
+}
+
+// out[c] = sum_j w[j] * X[idx[j] * C + c], accumulated in registers chunk by chunk.
+template <typename T>
+void weighted_rows(const T* w, const int64_t* idx, int64_t m, const T* X, int64_t C, T* out) {
+  for (int64_t c0 = 0; c0 < C; c0 += CW) {
+    const int64_t width = std::min<int64_t>(CW, C - c0);
+    T acc0[CW] = {}, acc1[CW] = {};
+    int64_t j = 0;
+    if (width == CW)
+      for (; j + 1 < m; j += 2) {
+        const T *x0 = X + idx[j] * C + c0, *x1 = X + idx[j + 1] * C + c0;
+        const T w0 = w[j], w1 = w[j + 1];
+#pragma omp simd
+        for (int l = 0; l < CW; ++l) acc0[l] += w0 * x0[l], acc1[l] += w1 * x1[l];
+      }
+    for (; j < m; ++j) {
+      const T* x = X + idx[j] * C + c0;
+      for (int64_t l = 0; l < width; ++l) acc0[l] += w[j] * x[l];
+    }
+    for (int64_t l = 0; l < width; ++l) out[c0 + l] = acc0[l] + acc1[l];
+  }
+}
+
+template <typename T>
+struct Scratch {
+  std::vector<Segment> seg;
+  std::vector<T> s, p, w;
+  std::vector<int64_t> idx, rel;
+  explicit Scratch(int64_t m) : seg(m), s(m), p(m), w(m), idx(m), rel(m) {}
+};
 
 template <typename T>
 void forward(const Geometry& g, const T* qr, const T* kt, const T* vr, const T* rpb, T scale, T* out, T* lse,
              int threads) {
   parallel_for(g.BH * g.N, threads, [&](int, int64_t lo, int64_t hi) {
-    std::vector<T> logit(g.M + V), acc(g.C);
+    Scratch<T> sc(g.M);
     for (int64_t u = lo; u < hi; ++u) {
-      const int64_t bh = u / g.N, n = u % g.N;
-      const T* q = qr + u * g.C;
+      const int64_t bh = u / g.N;
+      const int64_t ns = key_segments(g, u % g.N, sc.seg.data());
+      const int64_t m = segment_dots<T, false>(g, sc.seg.data(), ns, qr + u * g.C, kt + bh * g.C * g.NP, nullptr,
+                                               nullptr, sc.s.data(), nullptr, sc.idx.data(), sc.rel.data());
+      T* s = sc.s.data();
       const T* bias = rpb ? rpb + (bh % g.H) * g.R : nullptr;
-      int64_t m = 0;
-      for_key_rows(g, n, [&](int64_t base, int64_t rel, int64_t count) {
-        for (int64_t x0 = 0; x0 < count; x0 += V) {
-          dots(q, kt + bh * g.C * g.NP + base + x0, logit.data() + m + x0, g.C, g.NP);
-          for (int64_t l = x0; l < std::min<int64_t>(count, x0 + V); ++l)
-            logit[m + l] = logit[m + l] * scale + (bias ? bias[rel + l] : T(0));
-        }
-        m += count;
-      });
       T mx = -INFINITY, sum = 0;
-      for (int64_t j = 0; j < m; ++j) mx = std::max(mx, logit[j]);
+      for (int64_t j = 0; j < m; ++j) s[j] = s[j] * scale + (bias ? bias[sc.rel[j]] : T(0)), mx = std::max(mx, s[j]);
+#pragma omp simd
+      for (int64_t j = 0; j < m; ++j) s[j] = exp_approx(s[j] - mx);
 #pragma omp simd reduction(+ : sum)
-      for (int64_t j = 0; j < m; ++j) sum += (logit[j] = exp_approx(logit[j] - mx));
+      for (int64_t j = 0; j < m; ++j) sum += s[j];
+#pragma omp simd
+      for (int64_t j = 0; j < m; ++j) s[j] /= sum;
       lse[u] = m ? mx + std::log(sum) : T(INFINITY);
-      std::fill(acc.begin(), acc.end(), T(0));
-      m = 0;
-      for_key_rows(g, n, [&](int64_t base, int64_t, int64_t count) {
-        for (int64_t t = 0; t < count; ++t) axpy(logit[m + t] / sum, vr + (bh * g.N + base + t) * g.C, acc.data(), g.C);
-        m += count;
-      });
-      std::copy(acc.begin(), acc.end(), out + u * g.C);
+      weighted_rows(s, sc.idx.data(), m, vr + bh * g.N * g.C, g.C, out + u * g.C);
     }
   });
 }
@@ -191,28 +225,24 @@ void backward_query(const Geometry& g, const T* qr, const T* kr, const T* kt, co
                     const T* lse, const T* gr, const T* delta, T* dq, T* drpb, int threads) {
   std::vector<std::vector<T>> part(threads, std::vector<T>(drpb ? g.H * g.R : 0, T(0)));
   parallel_for(g.BH * g.N, threads, [&](int thread, int64_t lo, int64_t hi) {
-    T s[V], dp[V], ds[V];
+    Scratch<T> sc(g.M);
     for (int64_t u = lo; u < hi; ++u) {
-      const int64_t bh = u / g.N, n = u % g.N;
-      const T *q = qr + u * g.C, *go = gr + u * g.C;
+      const int64_t bh = u / g.N;
+      const int64_t ns = key_segments(g, u % g.N, sc.seg.data());
+      const int64_t m = segment_dots<T, true>(g, sc.seg.data(), ns, qr + u * g.C, kt + bh * g.C * g.NP, gr + u * g.C,
+                                              vt + bh * g.C * g.NP, sc.s.data(), sc.p.data(), sc.idx.data(), sc.rel.data());
       const T* bias = rpb ? rpb + (bh % g.H) * g.R : nullptr;
-      T* dbias = drpb ? part[thread].data() + (bh % g.H) * g.R : nullptr;
-      T* dqr = dq + u * g.C;
-      std::fill(dqr, dqr + g.C, T(0));
-      for_key_rows(g, n, [&](int64_t base, int64_t rel, int64_t count) {
-        for (int64_t x0 = 0; x0 < count; x0 += V) {
-          dots2(q, kt + bh * g.C * g.NP + base + x0, go, vt + bh * g.C * g.NP + base + x0, s, dp, g.C, g.NP);
-          const int64_t valid = std::min<int64_t>(V, count - x0);
-          for (int l = 0; l < V; ++l) {  // lanes past `valid` are garbage: keep their bias index in range
-            const T p = exp_approx(s[l] * scale + (bias ? bias[rel + x0 + std::min<int64_t>(l, valid - 1)] : T(0)) - lse[u]);
-            ds[l] = p * (dp[l] - delta[u]);
-          }
-          for (int64_t l = 0; l < valid; ++l) {
-            axpy(scale * ds[l], kr + (bh * g.N + base + x0 + l) * g.C, dqr, g.C);
-            if (dbias) dbias[rel + x0 + l] += ds[l];
-          }
-        }
-      });
+      T *s = sc.s.data(), *dp = sc.p.data(), *w = sc.w.data();
+      const T dl = delta[u];
+      for (int64_t j = 0; j < m; ++j) s[j] = s[j] * scale + (bias ? bias[sc.rel[j]] : T(0)) - lse[u];
+#pragma omp simd
+      for (int64_t j = 0; j < m; ++j) w[j] = exp_approx(s[j]) * (dp[j] - dl);  // dS
+      if (drpb) {
+        T* db = part[thread].data() + (bh % g.H) * g.R;
+        for (int64_t j = 0; j < m; ++j) db[sc.rel[j]] += w[j];
+      }
+      weighted_rows(w, sc.idx.data(), m, kr + bh * g.N * g.C, g.C, dq + u * g.C);
+      for (int64_t c = 0; c < g.C; ++c) dq[u * g.C + c] *= scale;
     }
   });
   if (drpb)
@@ -228,41 +258,31 @@ template <typename T>
 void backward_key(const Geometry& g, const T* qr, const T* qt, const T* kr, const T* vr, const T* rpb, T scale,
                   const T* lse, const T* gr, const T* gt, const T* delta, T* dk, T* dv, int threads) {
   parallel_for(g.BH * g.N, threads, [&](int, int64_t lo, int64_t hi) {
-    T s[V], dp[V], p[V], ds[V];
+    Scratch<T> sc(g.M);
     for (int64_t u = lo; u < hi; ++u) {
-      const int64_t bh = u / g.N, n = u % g.N;
-      const T *k = kr + u * g.C, *v = vr + u * g.C;
+      const int64_t bh = u / g.N;
+      const int64_t ns = query_segments(g, u % g.N, sc.seg.data());
+      const int64_t m = segment_dots<T, true>(g, sc.seg.data(), ns, kr + u * g.C, qt + bh * g.C * g.NP, vr + u * g.C,
+                                              gt + bh * g.C * g.NP, sc.s.data(), sc.p.data(), sc.idx.data(), sc.rel.data());
       const T* bias = rpb ? rpb + (bh % g.H) * g.R : nullptr;
-      T *dkr = dk + u * g.C, *dvr = dv + u * g.C;
-      std::fill(dkr, dkr + g.C, T(0));
-      std::fill(dvr, dvr + g.C, T(0));
-      for_query_rows(g, n, [&](int64_t base, int64_t rel, int64_t count) {
-        for (int64_t x0 = 0; x0 < count; x0 += V) {
-          const int64_t i0 = bh * g.N + base + x0;  // first query of this step
-          dots2(k, qt + bh * g.C * g.NP + base + x0, v, gt + bh * g.C * g.NP + base + x0, s, dp, g.C, g.NP);
-          const int64_t valid = std::min<int64_t>(V, count - x0);
-          for (int l = 0; l < V; ++l) {  // lanes past `valid` may read past the row: clamp the index
-            const int64_t i = i0 + std::min<int64_t>(l, valid - 1);
-            const T logit = s[l] * scale + (bias ? bias[rel - x0 - std::min<int64_t>(l, valid - 1)] : T(0));
-            p[l] = exp_approx(logit - lse[i]);
-            ds[l] = p[l] * (dp[l] - delta[i]);
-          }
-          for (int64_t l = 0; l < valid; ++l) {
-            axpy(scale * ds[l], qr + (i0 + l) * g.C, dkr, g.C);
-            axpy(p[l], gr + (i0 + l) * g.C, dvr, g.C);
-          }
-        }
-      });
+      const T *ls = lse + bh * g.N, *dl = delta + bh * g.N;
+      T *s = sc.s.data(), *dp = sc.p.data(), *w = sc.w.data();
+      for (int64_t j = 0; j < m; ++j) s[j] = s[j] * scale + (bias ? bias[sc.rel[j]] : T(0)) - ls[sc.idx[j]];
+#pragma omp simd
+      for (int64_t j = 0; j < m; ++j) s[j] = exp_approx(s[j]);  // P
+      for (int64_t j = 0; j < m; ++j) w[j] = s[j] * (dp[j] - dl[sc.idx[j]]) * scale;  // scale * dS
+      weighted_rows(w, sc.idx.data(), m, qr + bh * g.N * g.C, g.C, dk + u * g.C);
+      weighted_rows(s, sc.idx.data(), m, gr + bh * g.N * g.C, g.C, dv + u * g.C);
     }
   });
 }
 
 Geometry make_geometry(const int64_t* meta, const int64_t* tab) {
-  // meta: BH, H, N, NP, C, L[3], d[3], K[3], Lmax
+  // meta: BH, H, N, NP, C, L[3], d[3], K[3], Lmax, M
   Geometry g;
   g.BH = meta[0], g.H = meta[1], g.N = meta[2], g.NP = meta[3], g.C = meta[4];
   for (int a = 0; a < 3; ++a) g.L[a] = meta[5 + a], g.d[a] = meta[8 + a], g.K[a] = meta[11 + a], g.W[a] = 2 * g.K[a] - 1;
-  g.Lmax = meta[14], g.R = g.W[0] * g.W[1] * g.W[2], g.M = g.K[0] * g.K[1] * g.K[2], g.tab = tab;
+  g.Lmax = meta[14], g.M = meta[15] + G, g.R = g.W[0] * g.W[1] * g.W[2], g.tab = tab;
   return g;
 }
 
@@ -328,7 +348,7 @@ def library() -> ctypes.CDLL | None:
 
 
 class _Plan(NamedTuple):
-    meta: tuple[int, ...]  # L[3], d[3], K[3], Lmax of the axes padded to 3-D (last dilation folded)
+    meta: tuple[int, ...]  # L[3], d[3], K[3], Lmax, max neighbours of the axes padded to 3-D
     tab: Tensor  # [3, 5, Lmax] int64 window / inverse-window tables
     perm: Tensor | None  # new -> old position along the last axis (dilation groups made contiguous)
     inverse: Tensor | None  # old -> new position
@@ -351,7 +371,9 @@ def _plan(axes: tuple[AxisSpec, ...]) -> _Plan:
         fields = tab[2, :, :last.length][:, perm]
         fields[0], fields[3] = inverse[fields[0]], inverse[fields[3]]
         tab[2, :, :last.length] = fields
-    meta = (*(ax.length for ax in axes), axes[0].dilation, axes[1].dilation, 1, *(ax.kernel for ax in axes), lmax)
+    most = max(math.prod(int(tab[a, f].max()) for a in range(3)) for f in (1, 4))  # neighbours per position
+    meta = (*(ax.length for ax in axes), axes[0].dilation, axes[1].dilation, 1, *(ax.kernel for ax in axes), lmax,
+            most)
     return _Plan(meta, tab, perm, inverse)
 
 
