@@ -114,6 +114,9 @@ def _static_checks(path, cfg):
     gpus = re.search(r'_(\d+)xb(\d+)', name)
     if gpus:
         assert cfg.train_dataloader.batch_size == int(gpus.group(2)), name
+        if 'auto_scale_lr' in cfg:
+            total = int(gpus.group(1)) * int(gpus.group(2))
+            assert cfg.auto_scale_lr.base_batch_size == total, name
     elif scope == 'mmdet':  # mmdet names carry no batch size: 8 GPUs x 2 = 16
         assert cfg.train_dataloader.batch_size == 2
         assert cfg.auto_scale_lr.base_batch_size == 16

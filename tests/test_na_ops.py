@@ -8,18 +8,29 @@ from __future__ import annotations
 
 import itertools
 import random
+import shutil
 import warnings
 
 import pytest
 import torch
 
-from localattn.ops.na import BACKENDS, na1d, na2d, na3d
+from localattn.ops.na import BACKENDS, native, na1d, na2d, na3d
 from localattn.ops.na.functional import natten_available
 from localattn.ops.na.indexing import AxisSpec
 from localattn.ops.na.tiled import na_tiled
 
 OPS = {1: na1d, 2: na2d, 3: na3d}
-CPU_BACKENDS = ('reference', 'tiled')
+# 'tiled' runs the compiled kernel when a compiler is available; 'tiled-torch' forces the torch tiles
+CPU_BACKENDS = ('reference', 'tiled', 'tiled-torch')
+
+
+@pytest.fixture(params=CPU_BACKENDS)
+def backend(request, monkeypatch) -> str:
+    """A CPU implementation, as the ``backend`` argument to pass."""
+    if request.param == 'tiled-torch':
+        monkeypatch.setattr(native, 'library', lambda: None)
+        return 'tiled'
+    return request.param
 
 
 def window(length: int, kernel: int, dilation: int, stride: int, causal: bool, i: int) -> list[int]:
@@ -92,7 +103,7 @@ def axes_of(case: dict) -> tuple[AxisSpec, ...]:
         case['valid'], case['spatial']))
 
 
-@pytest.mark.parametrize('seed', range(40))
+@pytest.mark.parametrize('seed', range(32))
 def test_random_configs_match_oracle(seed):
     case = random_case(seed)
     q, k, v, rpb = make_inputs(case['spatial'], case['kernel'], case['rpb'], seed=seed)
@@ -100,15 +111,14 @@ def test_random_configs_match_oracle(seed):
                       valid=case['valid'])
     kwargs = dict(dilation=tuple(case['dilation']), stride=tuple(case['stride']),
                   is_causal=tuple(case['causal']), rpb=rpb, valid_size=tuple(case['valid']))
-    for backend in CPU_BACKENDS:
+    for backend in ('reference', 'tiled'):
         out = OPS[len(case['spatial'])](q, k, v, tuple(case['kernel']), backend=backend, **kwargs)
         torch.testing.assert_close(out, expected, rtol=1e-10, atol=1e-10, msg=f'{backend} {case}')
-    # explicit small tiles: many tiles per axis, halos clipped at borders and group ends
+    # torch tiles with explicit small tiles: many tiles per axis, halos clipped at borders and group ends
     out = na_tiled(q, k, v, axes_of(case), rpb, q.shape[-1] ** -0.5, tiles=case['tiles'])
     torch.testing.assert_close(out, expected, rtol=1e-10, atol=1e-10, msg=str(case))
 
 
-@pytest.mark.parametrize('backend', CPU_BACKENDS)
 @pytest.mark.parametrize('spatial,kernel,dilation,stride,causal', [
     ((9, 6), (4, 3), (2, 1), (1, 1), (False, False)),  # even kernel, 9 % 2 != 0 (groups 5 and 4)
     ((11, 7), (3, 2), (3, 3), (1, 1), (False, False)),  # groups of unequal length on both axes
@@ -139,7 +149,6 @@ def test_window_rule_examples():
     assert window(10, 3, 1, 1, True, 5) == [3, 4, 5]
 
 
-@pytest.mark.parametrize('backend', CPU_BACKENDS)
 def test_kernel_equal_size_is_full_attention_plus_bias(backend):
     q, k, v, rpb = make_inputs((5, 6), (5, 6), rpb=True)
     out = na2d(q, k, v, (5, 6), rpb=rpb, backend=backend)
@@ -152,7 +161,6 @@ def test_kernel_equal_size_is_full_attention_plus_bias(backend):
     torch.testing.assert_close(out, (attn @ vf).transpose(1, 2).reshape(out.shape))
 
 
-@pytest.mark.parametrize('backend', CPU_BACKENDS)
 def test_stride_equal_kernel_is_window_attention(backend):
     q, k, v, _ = make_inputs((6, 9), (3, 3), rpb=False)
     out = na2d(q, k, v, 3, stride=3, backend=backend)
@@ -165,7 +173,6 @@ def test_stride_equal_kernel_is_window_attention(backend):
     torch.testing.assert_close(out, windows.reshape(out.shape))
 
 
-@pytest.mark.parametrize('backend', CPU_BACKENDS)
 @pytest.mark.parametrize('spatial,kernel,dilation,stride,causal,rpb', [
     ((7,), (3,), (2,), (1,), (False,), True),
     ((6,), (3,), (1,), (1,), (True,), True),
@@ -181,50 +188,58 @@ def test_gradcheck(backend, spatial, kernel, dilation, stride, causal, rpb):
         return OPS[len(spatial)](q, k, v, kernel, dilation=dilation, stride=stride, is_causal=causal,
                                  rpb=bias, backend=backend)
 
-    assert torch.autograd.gradcheck(fn, inputs)
+    assert torch.autograd.gradcheck(fn, inputs, fast_mode=True)
 
 
-def test_gradients_match_between_backends():
+@pytest.mark.parametrize('threads', [1, 5])
+def test_gradients_match_reference(backend, threads):
+    """With 1 thread the compiled kernel scatters dk/dv per (batch, head) slice; with more threads than
+    slices (here 4) it takes the second pass per key."""
     q, k, v, rpb = make_inputs((9, 8), (3, 4), rpb=True, grad=True)
     grad = torch.randn(q.shape, dtype=q.dtype)
     grads = []
-    for backend in CPU_BACKENDS:
-        out = na2d(q, k, v, (3, 4), dilation=(2, 1), rpb=rpb, valid_size=(8, 7), backend=backend)
-        grads.append(torch.autograd.grad(out, (q, k, v, rpb), grad))
+    previous = torch.get_num_threads()
+    torch.set_num_threads(threads)
+    try:
+        for name in ('reference', backend):
+            out = na2d(q, k, v, (3, 4), dilation=(1, 2), rpb=rpb, valid_size=(8, 7), backend=name)
+            grads.append(torch.autograd.grad(out, (q, k, v, rpb), grad))
+    finally:
+        torch.set_num_threads(previous)
     for a, b in zip(*grads):
         torch.testing.assert_close(a, b)
 
 
 @pytest.mark.parametrize('dtype,tol', [(torch.float32, 1e-5), (torch.float16, 2e-3), (torch.bfloat16, 2e-2)])
-def test_low_precision(dtype, tol):
+def test_low_precision(backend, dtype, tol):
     q, k, v, rpb = make_inputs((8, 7), (3, 3), rpb=True, dim=8, dtype=dtype, grad=True)
     expected = oracle(q, k, v, (3, 3), (2, 1), (1, 1), (False, False), rpb)
-    for backend in CPU_BACKENDS:
-        out = na2d(q, k, v, 3, dilation=(2, 1), rpb=rpb, backend=backend)
-        assert out.dtype == dtype
-        torch.testing.assert_close(out.double(), expected, rtol=tol, atol=tol)
-        out.float().square().sum().backward()
-        assert all(x.grad.dtype == dtype and torch.isfinite(x.grad).all() for x in (q, k, v, rpb))
+    out = na2d(q, k, v, 3, dilation=(2, 1), rpb=rpb, backend=backend)
+    assert out.dtype == dtype
+    torch.testing.assert_close(out.double(), expected, rtol=tol, atol=tol)
+    out.float().square().sum().backward()
+    assert all(x.grad.dtype == dtype and torch.isfinite(x.grad).all() for x in (q, k, v, rpb))
 
 
-def test_valid_size_masks_keys_and_zeroes_empty_queries():
+def test_valid_size_masks_keys_and_zeroes_empty_queries(backend):
     q, k, v, rpb = make_inputs((6, 9), (3, 3), rpb=True)
     # dilation 3 on the second axis, valid width 2: queries of group 2 have no valid key at all
     expected = oracle(q, k, v, (3, 3), (1, 3), (1, 1), (False, False), rpb, valid=(4, 2))
     assert expected[:, :, 2::3].abs().sum() == 0
-    for backend in CPU_BACKENDS:
-        out = na2d(q, k, v, 3, dilation=(1, 3), rpb=rpb, valid_size=(4, 2), backend=backend)
-        torch.testing.assert_close(out, expected)
+    out = na2d(q, k, v, 3, dilation=(1, 3), rpb=rpb, valid_size=(4, 2), backend=backend)
+    torch.testing.assert_close(out, expected)
 
 
-@pytest.mark.parametrize('backend', CPU_BACKENDS)
+@pytest.mark.parametrize('backend', ['reference', 'tiled'])
 def test_dropout(backend):
+    """Dropout on the attention weights: random per call and element, unbiased (mean over 400 draws)."""
     q, k, v, _ = make_inputs((5, 5), (3, 3), rpb=False, heads=1, batch=1)
     plain = na2d(q, k, v, 3, backend=backend)
     torch.manual_seed(0)
-    samples = torch.stack([na2d(q, k, v, 3, dropout_p=0.3, backend=backend) for _ in range(400)])
-    assert not torch.allclose(samples[0], plain)
-    torch.testing.assert_close(samples.mean(0), plain, rtol=0, atol=0.15)
+    q, k, v = (x.expand(400, *x.shape[1:]) for x in (q, k, v))
+    samples = na2d(q, k, v, 3, dropout_p=0.3, backend=backend)
+    assert not torch.allclose(samples[0], samples[1])
+    torch.testing.assert_close(samples.mean(0, keepdim=True), plain, rtol=0, atol=0.1)
 
 
 def test_auto_on_cpu_is_tiled():
@@ -232,9 +247,16 @@ def test_auto_on_cpu_is_tiled():
     assert torch.equal(na2d(q, k, v, 3, rpb=rpb), na2d(q, k, v, 3, rpb=rpb, backend='tiled'))
 
 
+def test_compiled_kernel_builds():
+    """The compiled CPU kernel is the fast path; it must build wherever a C++ compiler exists."""
+    if shutil.which('g++') is None and shutil.which('c++') is None:
+        pytest.skip('no C++ compiler')
+    assert native.library() is not None
+
+
 def test_flex_forward_on_cpu():
     pytest.importorskip('torch.nn.attention.flex_attention')
-    for seed in range(8):
+    for seed in range(4):
         case = random_case(seed)
         q, k, v, rpb = make_inputs(case['spatial'], case['kernel'], case['rpb'], dim=8, seed=seed)
         kwargs = dict(dilation=tuple(case['dilation']), stride=tuple(case['stride']),
@@ -272,14 +294,17 @@ def test_natten_matches_reference():
     torch.testing.assert_close(out, na2d(q, k, v, 3, dilation=2, backend='reference'), rtol=1e-4, atol=1e-4)
 
 
-def test_tiled_memory_is_linear():
+def test_tiled_memory_is_linear(backend):
     """The tiled backend keeps O(N) state: its largest saved tensor grows linearly with the pixels."""
+    if backend == 'reference':
+        pytest.skip('the reference gathers k*k neighbours per query')
+
     def largest_saved(size: int) -> int:
         q, k, v, rpb = make_inputs((size, size), (5, 5), rpb=True, heads=1, batch=1, dtype=torch.float32,
                                    grad=True)
         sizes = []
         with torch.autograd.graph.saved_tensors_hooks(lambda t: sizes.append(t.numel()) or t, lambda t: t):
-            na2d(q, k, v, 5, rpb=rpb, backend='tiled')
+            na2d(q, k, v, 5, rpb=rpb, backend=backend)
         return max(sizes)
 
     assert largest_saved(64) <= 4.5 * largest_saved(32)
@@ -287,7 +312,8 @@ def test_tiled_memory_is_linear():
 
 
 @pytest.mark.parametrize('call,match', [
-    (lambda q: na2d(q, q, q, 7, dilation=2), r'kernel_size \* dilation \(7 \* 2 = 14\) must be <= the size of axis 1 \(10\)'),
+    (lambda q: na2d(q, q, q, 7, dilation=2),
+     r'kernel_size \* dilation \(7 \* 2 = 14\) must be <= the size of axis 1 \(10\)'),
     (lambda q: na2d(q, q, q, (3, 13)), r'kernel_size .* axis 2 \(12\)'),
     (lambda q: na2d(q, q, q, 0), 'kernel_size must be positive'),
     (lambda q: na2d(q, q, q, 3, dilation=(1, 0)), 'dilation must be positive'),
@@ -305,7 +331,8 @@ def test_tiled_memory_is_linear():
     (lambda q: na2d(q[0], q[0], q[0], 3), 'query must have 5 dims'),
     (lambda q: na1d(q, q, q, 3), 'query must have 4 dims'),
     (lambda q: na3d(q, q, q, 3), 'query must have 6 dims'),
-    (lambda q: na2d(q, q, q, 3, backend='cuda'), r"backend must be one of \('auto', 'reference', 'tiled', 'flex', 'natten'\)"),
+    (lambda q: na2d(q, q, q, 3, backend='cuda'),
+     r"backend must be one of \('auto', 'reference', 'tiled', 'flex', 'natten'\)"),
     (lambda q: na2d(q, q, q, 3, valid_size=(0, 4)), r'valid_size \(0\) must be in \[1, 10\]'),
     (lambda q: na2d(q, q, q, 3, dropout_p=1.0), 'dropout_p must be in'),
     (lambda q: na2d(q, q, q, 3, dropout_p=0.1, backend='flex'), 'flex.* dropout_p'),
@@ -325,8 +352,7 @@ def test_empty_batch():
     assert na2d(q, q, q, 3).shape == q.shape
 
 
-def test_scale_argument():
+def test_scale_argument(backend):
     q, k, v, _ = make_inputs((6, 5), (3, 3), rpb=False)
-    for backend in CPU_BACKENDS:
-        out = na2d(q, k, v, 3, scale=0.3, backend=backend)
-        torch.testing.assert_close(out, oracle(q, k, v, (3, 3), (1, 1), (1, 1), (False, False), scale=0.3))
+    out = na2d(q, k, v, 3, scale=0.3, backend=backend)
+    torch.testing.assert_close(out, oracle(q, k, v, (3, 3), (1, 1), (1, 1), (False, False), scale=0.3))

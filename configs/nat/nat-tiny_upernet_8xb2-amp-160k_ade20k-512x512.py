@@ -64,7 +64,8 @@ param_scheduler = [
         by_epoch=False)
 ]
 
-# 8 GPUs x 2 images = 16 images per batch.
+# 8 GPUs x 2 images = 16 images per batch (`--auto-scale-lr` rescales the lr for other totals).
 train_dataloader = dict(batch_size=2)
 val_dataloader = dict(batch_size=1)
 test_dataloader = val_dataloader
+auto_scale_lr = dict(enable=False, base_batch_size=16)

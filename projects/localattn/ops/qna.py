@@ -71,8 +71,13 @@ def _compute_dtype(*tensors: Tensor) -> torch.dtype:
 
 
 def _to_nchw(x: Tensor) -> Tensor:
-    """``[B, H, W, *channels]`` -> ``[B, prod(channels), H, W]`` as a channels-last view (no copy)."""
-    return x.reshape(*x.shape[:3], -1).permute(0, 3, 1, 2)
+    """``[B, H, W, *channels]`` -> ``[B, prod(channels), H, W]``.
+
+    A channels-last view (no copy) that oneDNN/cuDNN convolve directly, except for fp64, whose
+    fallback CPU convolution is much slower on channels-last maps: there a contiguous copy.
+    """
+    nchw = x.reshape(*x.shape[:3], -1).permute(0, 3, 1, 2)
+    return nchw.contiguous() if x.dtype == torch.float64 else nchw
 
 
 def _window_softmax(logits: Tensor, value: Tensor, rpb: Tensor, scale_weights: Tensor,
@@ -127,7 +132,7 @@ def _qna2d_exp_space(logits: Tensor, value: Tensor, rpb: Tensor, scale_weights: 
     num = num.permute(0, 2, 3, 1).reshape(batch, out_h, out_w, num_queries, heads, head_dim)
 
     underflow = den < math.exp(-fallback_margin)                         # [B, H', W', L, h]
-    ratio = num / den.masked_fill(underflow, 1.0)[..., None]             # [B, H', W', L, h, d]
+    ratio = num * den.masked_fill(underflow, 1.0).reciprocal()[..., None]  # [B, H', W', L, h, d]
     if underflow.any():
         index = underflow.nonzero(as_tuple=True)
         exact = _window_softmax(logits, value, rpb, scale_weights, index, kernel_size, stride)

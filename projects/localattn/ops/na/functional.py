@@ -8,6 +8,7 @@ import torch
 from torch import Tensor
 
 from .indexing import AxisSpec
+from . import native
 from .reference import na_reference
 from .tiled import na_tiled
 
@@ -131,6 +132,8 @@ def _na(n: int, query: Tensor, key: Tensor, value: Tensor, kernel_size: IntArg, 
     if backend == 'reference':
         return na_reference(query, key, value, axes, rpb, scale, dropout_p)
     if backend == 'tiled':
+        if dropout_p == 0 and query.device.type == 'cpu' and native.library() is not None:
+            return native.na_native(query, key, value, axes, rpb, scale)
         return na_tiled(query, key, value, axes, rpb, scale, dropout_p)
     if backend == 'flex':
         from .flex import na_flex
@@ -179,7 +182,10 @@ def na2d(query: Tensor, key: Tensor, value: Tensor, kernel_size: IntArg, *, dila
             key output zeros.
         dropout_p: dropout probability applied to the attention weights (not on ``flex``/``natten``).
         backend: one of ``'auto'`` (CUDA: natten when installed and applicable, else flex; fp64,
-            dropout and CPU: tiled), ``'reference'``, ``'tiled'``, ``'flex'``, ``'natten'``.
+            dropout and CPU: tiled), ``'reference'`` (explicit gather), ``'tiled'`` (CPU: the compiled
+            exact kernel of :mod:`~localattn.ops.na.native` when a C++ compiler is available and no
+            dropout, else pure-torch tiles of :mod:`~localattn.ops.na.tiled`, also on CUDA),
+            ``'flex'``, ``'natten'``.
 
     Returns:
         ``[B, H, W, heads, head_dim]``, dtype of ``query``.

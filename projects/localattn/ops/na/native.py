@@ -1,15 +1,20 @@
 """Compiled CPU kernel of the ``tiled`` backend: exact per-query neighbour loops in C++.
 
-The loops visit exactly ``prod(k)`` keys per query (the pure-torch tiles visit ``prod(T + k - 1)``), so
-on CPU this is the fast path. It needs nothing but a C++ compiler: the source below is built once with
-``$CXX`` (else ``g++``/``c++``), ``-O3 -march=native``, cached under ``$LOCALATTN_CACHE_DIR`` (default
-``~/.cache/localattn``) keyed by a hash of source, compiler, flags and CPU, and loaded with ``ctypes``.
-When no compiler is found or the build fails (or ``LOCALATTN_NA_NATIVE=0``), :func:`library` returns
-``None`` and the pure-torch tiles are used instead.
+The loops visit exactly ``prod(k)`` keys per query (the pure-torch tiles compute ``prod(T + k - 1)``
+scores per query), so on CPU this is the fast path. Each window row of keys is contiguous along the
+last axis (dilation groups are made contiguous there first), so scores are computed ``8`` keys at a
+time from a transposed copy of K (``[B, heads, C, N]``), in vector registers.
 
-Forward saves the log-sum-exp per (query, head); backward recomputes the probabilities, first per query
-(``dq``, RPB gradient) then per key over the queries whose window holds it (``dk``, ``dv``), so no
-scatter races and no atomics. fp16/bf16 run in fp32, fp64 in fp64.
+It needs nothing but a C++ compiler: the source below is built once with ``$CXX`` (else
+``g++``/``c++``) and ``-O3 -march=native``, cached under ``$LOCALATTN_CACHE_DIR`` (default
+``~/.cache/localattn``) keyed by a hash of source, compiler, flags and CPU, and loaded with ``ctypes``
+(no torch headers, builds in seconds). Without a compiler, when the build fails, or with
+``LOCALATTN_NA_NATIVE=0``, :func:`library` returns ``None`` and the pure-torch tiles are used instead.
+
+Forward saves the log-sum-exp per (query, head) and nothing ``O(N k^n)``; backward recomputes the
+probabilities per query and scatters ``dk``/``dv`` when every thread owns whole (batch, head) slices,
+otherwise it runs a second pass per key over the queries whose window holds it (no races, no atomics).
+fp16/bf16 run in fp32 (inputs upcast), fp64 in fp64.
 """
 from __future__ import annotations
 
@@ -27,7 +32,6 @@ from pathlib import Path
 from typing import NamedTuple
 
 import torch
-import torch.nn.functional as F
 from torch import Tensor
 
 from .indexing import AxisSpec, axis_inverse, axis_windows
@@ -36,9 +40,10 @@ PAD = 8  # zero columns after each transposed row (one vector step)
 FLAGS = ('-O3', '-march=native', '-fopenmp-simd', '-shared', '-fPIC', '-std=c++17', '-pthread')
 
 SOURCE = r'''
-// Exact neighbourhood attention on CPU, one (batch*head, position) at a time.
-// Row layouts [BH, N, C]; transposed layouts [BH, C, NP] (NP >= N + V) so that a run of neighbours
-// that is contiguous along the last axis becomes a vector lane run for every channel.
+// Exact neighbourhood attention on CPU, one (batch, head, position) at a time.
+// Row tensors [B, N, H, C] (N positions, row-major over 3 axes); per-row statistics [B, N, H];
+// transposed tensors [B, H, C, NP] (NP >= N + V) so that a run of neighbours contiguous along the
+// last axis becomes a run of vector lanes for every channel.
 // The last axis has dilation 1 here (the caller makes dilation groups contiguous).
 // Per-axis tables tab[3][5][Lmax]: 0 first key, 1 key count, 2 RPB index of the first key
 // (query-indexed); 3 first query, 4 query count (key-indexed: queries whose window holds the key).
@@ -53,11 +58,14 @@ namespace {
 
 constexpr int V = 8;    // lanes of one segment (a run of neighbours along the last axis)
 constexpr int G = 4;    // segments per dot-product group (independent accumulator chains)
-constexpr int CW = 32;  // channels per accumulation chunk
 
 struct Geometry {
   int64_t BH, H, N, NP, C, L[3], d[3], K[3], W[3], Lmax, R, M;
   const int64_t* tab;
+  // Offsets of slice bh = b * H + h: rows (stride H * C per position), statistics (stride H), columns.
+  int64_t rows(int64_t bh) const { return (bh / H) * N * H * C + (bh % H) * C; }
+  int64_t stats(int64_t bh) const { return (bh / H) * N * H + bh % H; }
+  int64_t cols(int64_t bh) const { return bh * C * NP; }
   int64_t at(int axis, int field, int64_t i) const { return tab[(axis * 5 + field) * Lmax + i]; }
   void coords(int64_t n, int64_t* x) const {
     x[2] = n % L[2];
@@ -70,23 +78,45 @@ struct Segment {
   int64_t base, rel, len, step;  // positions base + l, RPB indices rel + step * l, l < len <= V
 };
 
-inline float exp_approx(float x) {  // Cephes-style expf, vectorisable, ~2 ulp on [-87, 88]
-  x = std::min(std::max(x, -87.0f), 88.0f);
-  const float n = std::floor(x * 1.44269504f + 0.5f);
+template <typename T>
+struct Vec {  // V lanes of T (GCC/Clang vector extension)
+  typedef T type __attribute__((vector_size(V * sizeof(T))));
+};
+template <typename T>
+inline typename Vec<T>::type load(const T* p) {
+  typename Vec<T>::type v;
+  std::memcpy(&v, p, sizeof(v));
+  return v;
+}
+
+// exp on V floats at once (Cephes-style polynomial, ~2 ulp on [-87, 88]); std::exp for doubles.
+inline Vec<float>::type exp_v(Vec<float>::type x) {
+  typedef int32_t I __attribute__((vector_size(V * sizeof(int32_t))));
+  x = x < -87.0f ? -87.0f : x;
+  x = x > 88.0f ? 88.0f : x;
+  const Vec<float>::type n = (x * 1.44269504f + 12582912.0f) - 12582912.0f;  // round to nearest
   x = x - n * 0.693359375f + n * 2.12194440e-4f;
-  float y = 1.9875691500e-4f;
-  y = y * x + 1.3981999507e-3f;
+  Vec<float>::type y = x * 1.9875691500e-4f + 1.3981999507e-3f;
   y = y * x + 8.3334519073e-3f;
   y = y * x + 4.1665795894e-2f;
   y = y * x + 1.6666665459e-1f;
   y = y * x + 5.0000001201e-1f;
   y = y * x * x + x + 1.0f;
-  const int32_t bits = (static_cast<int32_t>(n) + 127) << 23;
-  float scale;
+  const I bits = (__builtin_convertvector(n, I) + 127) << 23;
+  Vec<float>::type scale;
   std::memcpy(&scale, &bits, sizeof(scale));
   return y * scale;
 }
-inline double exp_approx(double x) { return std::exp(x); }
+// x[j] = exp(x[j]) for j < m; the buffer holds at least m rounded up to V entries.
+inline void exp_inplace(float* x, int64_t m) {
+  for (int64_t j = 0; j < m; j += V) {
+    const Vec<float>::type e = exp_v(load(x + j));
+    std::memcpy(x + j, &e, sizeof(e));
+  }
+}
+inline void exp_inplace(double* x, int64_t m) {
+  for (int64_t j = 0; j < m; ++j) x[j] = std::exp(x[j]);
+}
 
 template <typename F>
 void parallel_for(int64_t n, int threads, F fn) {
@@ -128,60 +158,86 @@ inline int64_t query_segments(const Geometry& g, int64_t n, Segment* seg) {
   return ns;
 }
 
-// For every segment: s[l] = sum_c a[c] * bt[c * NP + base + l] and (TWO) p[l] likewise with a2, b2t.
-// Writes the valid lanes of all segments contiguously (entry j), with position idx[j] and RPB index rel[j].
-template <typename T, bool TWO>
-int64_t segment_dots(const Geometry& g, const Segment* seg, int64_t ns, const T* a, const T* bt, const T* a2,
-                     const T* b2t, T* s, T* p, int64_t* idx, int64_t* rel) {
-  int64_t m = 0;
-  for (int64_t s0 = 0; s0 < ns; s0 += G) {
-    int64_t base[G];
-    for (int i = 0; i < G; ++i) base[i] = seg[std::min<int64_t>(s0 + i, ns - 1)].base;
-    T acc[G][V] = {}, acc2[G][V] = {};
-    for (int64_t c = 0; c < g.C; ++c) {
-      const T ac = a[c], ac2 = TWO ? a2[c] : T(0);
-      const T *b = bt + c * g.NP, *b2 = TWO ? b2t + c * g.NP : nullptr;
-      for (int i = 0; i < G; ++i) {
-#pragma omp simd
-        for (int l = 0; l < V; ++l) acc[i][l] += ac * b[base[i] + l];
-        if (TWO) {
-#pragma omp simd
-          for (int l = 0; l < V; ++l) acc2[i][l] += ac2 * b2[base[i] + l];
-        }
-      }
-    }
-    for (int64_t i = 0; i < std::min<int64_t>(G, ns - s0); ++i) {
-      const Segment& sg = seg[s0 + i];
-      for (int64_t l = 0; l < sg.len; ++l, ++m) {
-        s[m] = acc[i][l];
-        if (TWO) p[m] = acc2[i][l];
-        idx[m] = sg.base + l;
-        rel[m] = sg.rel + sg.step * l;
-      }
-    }
+// Dot products of NG segments: lane l of segment i gets sum_c a[c] * bt[c * NP + base_i + l] (in s)
+// and, when TWO, sum_c a2[c] * b2t[...] (in p); valid lanes are appended at entry m with their
+// position (idx) and RPB index (rel). Returns the new entry count.
+template <typename T, bool TWO, int NG>
+inline int64_t dot_group(const Geometry& g, const Segment* seg, const T* a, const T* bt, const T* a2, const T* b2t,
+                         T* s, T* p, int64_t* idx, int64_t* rel, int64_t m) {
+  typename Vec<T>::type acc[NG] = {}, acc2[NG] = {};
+  for (int64_t c = 0; c < g.C; ++c) {
+    const T *b = bt + c * g.NP, *b2 = TWO ? b2t + c * g.NP : nullptr;
+    for (int i = 0; i < NG; ++i) acc[i] += a[c] * load(b + seg[i].base);
+    if (TWO)
+      for (int i = 0; i < NG; ++i) acc2[i] += a2[c] * load(b2 + seg[i].base);
   }
+  for (int i = 0; i < NG; ++i)
+    for (int64_t l = 0; l < seg[i].len; ++l, ++m) {
+      s[m] = acc[i][l];
+      if (TWO) p[m] = acc2[i][l];
+      idx[m] = seg[i].base + l;
+      rel[m] = seg[i].rel + seg[i].step * l;
+    }
   return m;
 }
 
-// out[c] = sum_j w[j] * X[idx[j] * C + c], accumulated in registers chunk by chunk.
+// dot_group over all ns segments, G at a time.
+template <typename T, bool TWO>
+int64_t segment_dots(const Geometry& g, const Segment* seg, int64_t ns, const T* a, const T* bt, const T* a2,
+                     const T* b2t, T* s, T* p, int64_t* idx, int64_t* rel) {
+  int64_t m = 0, s0 = 0;
+  for (; s0 + G <= ns; s0 += G) m = dot_group<T, TWO, G>(g, seg + s0, a, bt, a2, b2t, s, p, idx, rel, m);
+  switch (ns - s0) {
+    case 3: return dot_group<T, TWO, 3>(g, seg + s0, a, bt, a2, b2t, s, p, idx, rel, m);
+    case 2: return dot_group<T, TWO, 2>(g, seg + s0, a, bt, a2, b2t, s, p, idx, rel, m);
+    case 1: return dot_group<T, TWO, 1>(g, seg + s0, a, bt, a2, b2t, s, p, idx, rel, m);
+    default: return m;
+  }
+}
+
+// out[c0 + c] = sum_j w[j] * X[idx[j] * stride + c0 + c] for c < NV * V, accumulated in registers.
+template <typename T, int NV>
+inline void weighted_chunk(const T* w, const int64_t* idx, int64_t m, const T* X, int64_t stride, int64_t c0, T* out) {
+  typename Vec<T>::type acc0[NV] = {}, acc1[NV] = {};
+  int64_t j = 0;
+  for (; j + 1 < m; j += 2) {
+    const T *x0 = X + idx[j] * stride + c0, *x1 = X + idx[j + 1] * stride + c0;
+    for (int v = 0; v < NV; ++v) acc0[v] += w[j] * load(x0 + v * V), acc1[v] += w[j + 1] * load(x1 + v * V);
+  }
+  if (j < m)
+    for (int v = 0; v < NV; ++v) acc0[v] += w[j] * load(X + idx[j] * stride + c0 + v * V);
+  for (int v = 0; v < NV; ++v) {
+    const typename Vec<T>::type sum = acc0[v] + acc1[v];
+    std::memcpy(out + c0 + v * V, &sum, sizeof(sum));
+  }
+}
+
+// out[c] = sum_j w[j] * X[idx[j] * stride + c] for c < C.
 template <typename T>
-void weighted_rows(const T* w, const int64_t* idx, int64_t m, const T* X, int64_t C, T* out) {
-  for (int64_t c0 = 0; c0 < C; c0 += CW) {
-    const int64_t width = std::min<int64_t>(CW, C - c0);
-    T acc0[CW] = {}, acc1[CW] = {};
-    int64_t j = 0;
-    if (width == CW)
-      for (; j + 1 < m; j += 2) {
-        const T *x0 = X + idx[j] * C + c0, *x1 = X + idx[j + 1] * C + c0;
-        const T w0 = w[j], w1 = w[j + 1];
-#pragma omp simd
-        for (int l = 0; l < CW; ++l) acc0[l] += w0 * x0[l], acc1[l] += w1 * x1[l];
-      }
-    for (; j < m; ++j) {
-      const T* x = X + idx[j] * C + c0;
-      for (int64_t l = 0; l < width; ++l) acc0[l] += w[j] * x[l];
+void weighted_rows(const T* w, const int64_t* idx, int64_t m, const T* X, int64_t stride, int64_t C, T* out) {
+  int64_t c0 = 0;
+  for (; c0 + 4 * V <= C; c0 += 4 * V) weighted_chunk<T, 4>(w, idx, m, X, stride, c0, out);
+  for (; c0 + V <= C; c0 += V) weighted_chunk<T, 1>(w, idx, m, X, stride, c0, out);
+  for (; c0 < C; ++c0) {
+    T sum = 0;
+    for (int64_t j = 0; j < m; ++j) sum += w[j] * X[idx[j] * stride + c0];
+    out[c0] = sum;
+  }
+}
+
+// Y[idx[j] * stride + c] += w[j] * x[c] for c < C.
+template <typename T>
+void scatter_rows(const T* __restrict w, const int64_t* __restrict idx, int64_t m, const T* __restrict x,
+                  T* __restrict Y, int64_t stride, int64_t C) {
+  for (int64_t j = 0; j < m; ++j) {
+    const T wj = w[j];
+    T* __restrict y = Y + idx[j] * stride;
+    int64_t c = 0;
+    for (; c + V <= C; c += V) {
+      const typename Vec<T>::type sum = load(y + c) + wj * load(x + c);
+      std::memcpy(y + c, &sum, sizeof(sum));
     }
-    for (int64_t l = 0; l < width; ++l) out[c0 + l] = acc0[l] + acc1[l];
+    for (; c < C; ++c) y[c] += wj * x[c];
   }
 }
 
@@ -190,89 +246,102 @@ struct Scratch {
   std::vector<Segment> seg;
   std::vector<T> s, p, w;
   std::vector<int64_t> idx, rel;
-  explicit Scratch(int64_t m) : seg(m), s(m), p(m), w(m), idx(m), rel(m) {}
+  explicit Scratch(int64_t m) : seg(m), s(m + V), p(m + V), w(m + V), idx(m), rel(m) {}  // exp runs by V
 };
 
 template <typename T>
-void forward(const Geometry& g, const T* qr, const T* kt, const T* vr, const T* rpb, T scale, T* out, T* lse,
-             int threads) {
+struct Tensors {  // row tensors [B, N, H, C], statistics [B, N, H], transposed [B, H, C, NP]
+  const T *q, *k, *v, *rpb, *qt, *kt, *vt, *dout, *gt, *lse, *delta;
+  T *out, *lse_out, *dq, *dk, *dv;
+  T scale;
+};
+
+template <typename T>
+void forward(const Geometry& g, const Tensors<T>& t, int threads) {
+  const int64_t stride = g.H * g.C;
   parallel_for(g.BH * g.N, threads, [&](int, int64_t lo, int64_t hi) {
     Scratch<T> sc(g.M);
     for (int64_t u = lo; u < hi; ++u) {
-      const int64_t bh = u / g.N;
-      const int64_t ns = key_segments(g, u % g.N, sc.seg.data());
-      const int64_t m = segment_dots<T, false>(g, sc.seg.data(), ns, qr + u * g.C, kt + bh * g.C * g.NP, nullptr,
-                                               nullptr, sc.s.data(), nullptr, sc.idx.data(), sc.rel.data());
+      const int64_t bh = u / g.N, n = u % g.N, row = g.rows(bh) + n * stride;
+      const int64_t ns = key_segments(g, n, sc.seg.data());
+      const int64_t m = segment_dots<T, false>(g, sc.seg.data(), ns, t.q + row, t.kt + g.cols(bh), nullptr, nullptr,
+                                               sc.s.data(), nullptr, sc.idx.data(), sc.rel.data());
       T* s = sc.s.data();
-      const T* bias = rpb ? rpb + (bh % g.H) * g.R : nullptr;
+      const T* bias = t.rpb ? t.rpb + (bh % g.H) * g.R : nullptr;
       T mx = -INFINITY, sum = 0;
-      for (int64_t j = 0; j < m; ++j) s[j] = s[j] * scale + (bias ? bias[sc.rel[j]] : T(0)), mx = std::max(mx, s[j]);
-#pragma omp simd
-      for (int64_t j = 0; j < m; ++j) s[j] = exp_approx(s[j] - mx);
-#pragma omp simd reduction(+ : sum)
+      for (int64_t j = 0; j < m; ++j) s[j] = s[j] * t.scale + (bias ? bias[sc.rel[j]] : T(0)), mx = std::max(mx, s[j]);
+      for (int64_t j = 0; j < m; ++j) s[j] -= mx;
+      exp_inplace(s, m);
       for (int64_t j = 0; j < m; ++j) sum += s[j];
-#pragma omp simd
       for (int64_t j = 0; j < m; ++j) s[j] /= sum;
-      lse[u] = m ? mx + std::log(sum) : T(INFINITY);
-      weighted_rows(s, sc.idx.data(), m, vr + bh * g.N * g.C, g.C, out + u * g.C);
+      t.lse_out[g.stats(bh) + n * g.H] = m ? mx + std::log(sum) : T(INFINITY);
+      weighted_rows(s, sc.idx.data(), m, t.v + g.rows(bh), stride, g.C, t.out + row);
     }
   });
 }
 
-// dq and the RPB gradient, visiting each query's window; delta = rowsum(dO * O).
+// Probabilities P (in s) and dS (in w) of the m pairs gathered in sc; lse/delta per pair via stat().
+template <typename T, typename Stat>
+void pair_grads(const Geometry& g, const Tensors<T>& t, int64_t bh, int64_t m, Scratch<T>& sc, Stat stat) {
+  const T* bias = t.rpb ? t.rpb + (bh % g.H) * g.R : nullptr;
+  T *s = sc.s.data(), *dp = sc.p.data(), *w = sc.w.data();
+  for (int64_t j = 0; j < m; ++j) s[j] = s[j] * t.scale + (bias ? bias[sc.rel[j]] : T(0)) - t.lse[stat(j)];
+  exp_inplace(s, m);
+  for (int64_t j = 0; j < m; ++j) w[j] = s[j] * (dp[j] - t.delta[stat(j)]);
+}
+
+// Backward over each query's window: dq, the RPB gradient and, when `fused` (threads own whole
+// (batch, head) slices), dk and dv by scattering; otherwise dk/dv come from backward_key.
 template <typename T>
-void backward_query(const Geometry& g, const T* qr, const T* kr, const T* kt, const T* vt, const T* rpb, T scale,
-                    const T* lse, const T* gr, const T* delta, T* dq, T* drpb, int threads) {
+void backward_query(const Geometry& g, const Tensors<T>& t, T* drpb, bool fused, int threads) {
+  const int64_t stride = g.H * g.C;
   std::vector<std::vector<T>> part(threads, std::vector<T>(drpb ? g.H * g.R : 0, T(0)));
-  parallel_for(g.BH * g.N, threads, [&](int thread, int64_t lo, int64_t hi) {
+  const int64_t units = fused ? g.BH : g.BH * g.N;
+  parallel_for(units, threads, [&](int thread, int64_t lo, int64_t hi) {
     Scratch<T> sc(g.M);
-    for (int64_t u = lo; u < hi; ++u) {
-      const int64_t bh = u / g.N;
-      const int64_t ns = key_segments(g, u % g.N, sc.seg.data());
-      const int64_t m = segment_dots<T, true>(g, sc.seg.data(), ns, qr + u * g.C, kt + bh * g.C * g.NP, gr + u * g.C,
-                                              vt + bh * g.C * g.NP, sc.s.data(), sc.p.data(), sc.idx.data(), sc.rel.data());
-      const T* bias = rpb ? rpb + (bh % g.H) * g.R : nullptr;
-      T *s = sc.s.data(), *dp = sc.p.data(), *w = sc.w.data();
-      const T dl = delta[u];
-      for (int64_t j = 0; j < m; ++j) s[j] = s[j] * scale + (bias ? bias[sc.rel[j]] : T(0)) - lse[u];
-#pragma omp simd
-      for (int64_t j = 0; j < m; ++j) w[j] = exp_approx(s[j]) * (dp[j] - dl);  // dS
+    for (int64_t u = fused ? lo * g.N : lo; u < (fused ? hi * g.N : hi); ++u) {
+      const int64_t bh = u / g.N, n = u % g.N, row = g.rows(bh) + n * stride, stat = g.stats(bh) + n * g.H;
+      const int64_t ns = key_segments(g, n, sc.seg.data());
+      const int64_t m = segment_dots<T, true>(g, sc.seg.data(), ns, t.q + row, t.kt + g.cols(bh), t.dout + row,
+                                              t.vt + g.cols(bh), sc.s.data(), sc.p.data(), sc.idx.data(),
+                                              sc.rel.data());
+      pair_grads(g, t, bh, m, sc, [&](int64_t) { return stat; });
       if (drpb) {
         T* db = part[thread].data() + (bh % g.H) * g.R;
-        for (int64_t j = 0; j < m; ++j) db[sc.rel[j]] += w[j];
+        for (int64_t j = 0; j < m; ++j) db[sc.rel[j]] += sc.w[j];
       }
-      weighted_rows(w, sc.idx.data(), m, kr + bh * g.N * g.C, g.C, dq + u * g.C);
-      for (int64_t c = 0; c < g.C; ++c) dq[u * g.C + c] *= scale;
+      for (int64_t j = 0; j < m; ++j) sc.w[j] *= t.scale;
+      weighted_rows(sc.w.data(), sc.idx.data(), m, t.k + g.rows(bh), stride, g.C, t.dq + row);
+      if (fused) {
+        scatter_rows(sc.w.data(), sc.idx.data(), m, t.q + row, t.dk + g.rows(bh), stride, g.C);
+        scatter_rows(sc.s.data(), sc.idx.data(), m, t.dout + row, t.dv + g.rows(bh), stride, g.C);
+      }
     }
   });
   if (drpb)
     for (int64_t i = 0; i < g.H * g.R; ++i) {
       T total = 0;
-      for (int t = 0; t < threads; ++t) total += part[t][i];
+      for (int th = 0; th < threads; ++th) total += part[th][i];
       drpb[i] = total;
     }
 }
 
 // dk and dv, visiting the queries whose window holds each key.
 template <typename T>
-void backward_key(const Geometry& g, const T* qr, const T* qt, const T* kr, const T* vr, const T* rpb, T scale,
-                  const T* lse, const T* gr, const T* gt, const T* delta, T* dk, T* dv, int threads) {
+void backward_key(const Geometry& g, const Tensors<T>& t, int threads) {
+  const int64_t stride = g.H * g.C;
   parallel_for(g.BH * g.N, threads, [&](int, int64_t lo, int64_t hi) {
     Scratch<T> sc(g.M);
     for (int64_t u = lo; u < hi; ++u) {
-      const int64_t bh = u / g.N;
-      const int64_t ns = query_segments(g, u % g.N, sc.seg.data());
-      const int64_t m = segment_dots<T, true>(g, sc.seg.data(), ns, kr + u * g.C, qt + bh * g.C * g.NP, vr + u * g.C,
-                                              gt + bh * g.C * g.NP, sc.s.data(), sc.p.data(), sc.idx.data(), sc.rel.data());
-      const T* bias = rpb ? rpb + (bh % g.H) * g.R : nullptr;
-      const T *ls = lse + bh * g.N, *dl = delta + bh * g.N;
-      T *s = sc.s.data(), *dp = sc.p.data(), *w = sc.w.data();
-      for (int64_t j = 0; j < m; ++j) s[j] = s[j] * scale + (bias ? bias[sc.rel[j]] : T(0)) - ls[sc.idx[j]];
-#pragma omp simd
-      for (int64_t j = 0; j < m; ++j) s[j] = exp_approx(s[j]);  // P
-      for (int64_t j = 0; j < m; ++j) w[j] = s[j] * (dp[j] - dl[sc.idx[j]]) * scale;  // scale * dS
-      weighted_rows(w, sc.idx.data(), m, qr + bh * g.N * g.C, g.C, dk + u * g.C);
-      weighted_rows(s, sc.idx.data(), m, gr + bh * g.N * g.C, g.C, dv + u * g.C);
+      const int64_t bh = u / g.N, n = u % g.N, row = g.rows(bh) + n * stride, stats = g.stats(bh);
+      const int64_t ns = query_segments(g, n, sc.seg.data());
+      const int64_t m = segment_dots<T, true>(g, sc.seg.data(), ns, t.k + row, t.qt + g.cols(bh), t.v + row,
+                                              t.gt + g.cols(bh), sc.s.data(), sc.p.data(), sc.idx.data(),
+                                              sc.rel.data());
+      pair_grads(g, t, bh, m, sc, [&](int64_t j) { return stats + sc.idx[j] * g.H; });
+      for (int64_t j = 0; j < m; ++j) sc.w[j] *= t.scale;
+      weighted_rows(sc.w.data(), sc.idx.data(), m, t.q + g.rows(bh), stride, g.C, t.dk + row);
+      weighted_rows(sc.s.data(), sc.idx.data(), m, t.dout + g.rows(bh), stride, g.C, t.dv + row);
     }
   });
 }
@@ -281,25 +350,36 @@ Geometry make_geometry(const int64_t* meta, const int64_t* tab) {
   // meta: BH, H, N, NP, C, L[3], d[3], K[3], Lmax, M
   Geometry g;
   g.BH = meta[0], g.H = meta[1], g.N = meta[2], g.NP = meta[3], g.C = meta[4];
-  for (int a = 0; a < 3; ++a) g.L[a] = meta[5 + a], g.d[a] = meta[8 + a], g.K[a] = meta[11 + a], g.W[a] = 2 * g.K[a] - 1;
+  for (int a = 0; a < 3; ++a)
+    g.L[a] = meta[5 + a], g.d[a] = meta[8 + a], g.K[a] = meta[11 + a], g.W[a] = 2 * g.K[a] - 1;
   g.Lmax = meta[14], g.M = meta[15] + G, g.R = g.W[0] * g.W[1] * g.W[2], g.tab = tab;
   return g;
 }
 
 }  // namespace
 
+// Forward: out [B, N, H, C] and lse [B, N, H] from q, v [B, N, H, C] and kt [B, H, C, NP].
+// Backward: dq, dk, dv [B, N, H, C] and drpb (when rpb is given). With qt and gt (transposed q and
+// dout) dk/dv are computed per key; with qt == gt == null, dk/dv must be zero-initialised and threads
+// owning whole (batch, head) slices scatter into them.
 #define NA_EXPORT(T, SUFFIX)                                                                                  \
-  extern "C" void na_forward_##SUFFIX(const int64_t* meta, const int64_t* tab, const T* qr, const T* kt,       \
-                                      const T* vr, const T* rpb, double scale, T* out, T* lse, int threads) { \
-    forward<T>(make_geometry(meta, tab), qr, kt, vr, rpb, T(scale), out, lse, threads);                      \
+  extern "C" void na_forward_##SUFFIX(const int64_t* meta, const int64_t* tab, const T* q, const T* kt,        \
+                                      const T* v, const T* rpb, double scale, T* out, T* lse, int threads) {  \
+    Tensors<T> t{};                                                                                           \
+    t.q = q, t.kt = kt, t.v = v, t.rpb = rpb, t.out = out, t.lse_out = lse, t.scale = T(scale);               \
+    forward<T>(make_geometry(meta, tab), t, threads);                                                         \
   }                                                                                                           \
-  extern "C" void na_backward_##SUFFIX(const int64_t* meta, const int64_t* tab, const T* qr, const T* qt,      \
-                                       const T* kr, const T* kt, const T* vr, const T* vt, const T* rpb,       \
-                                       double scale, const T* lse, const T* gr, const T* gt, const T* delta,   \
+  extern "C" void na_backward_##SUFFIX(const int64_t* meta, const int64_t* tab, const T* q, const T* qt,       \
+                                       const T* k, const T* kt, const T* v, const T* vt, const T* rpb,         \
+                                       double scale, const T* lse, const T* dout, const T* gt, const T* delta, \
                                        T* dq, T* dk, T* dv, T* drpb, int threads) {                            \
     const Geometry g = make_geometry(meta, tab);                                                              \
-    backward_query<T>(g, qr, kr, kt, vt, rpb, T(scale), lse, gr, delta, dq, drpb, threads);                   \
-    backward_key<T>(g, qr, qt, kr, vr, rpb, T(scale), lse, gr, gt, delta, dk, dv, threads);                   \
+    Tensors<T> t{};                                                                                           \
+    t.q = q, t.qt = qt, t.k = k, t.kt = kt, t.v = v, t.vt = vt, t.rpb = rpb, t.lse = lse, t.dout = dout;      \
+    t.gt = gt, t.delta = delta, t.dq = dq, t.dk = dk, t.dv = dv, t.scale = T(scale);                          \
+    const bool fused = qt == nullptr;                                                                         \
+    backward_query<T>(g, t, drpb, fused, threads);                                                            \
+    if (!fused) backward_key<T>(g, t, threads);                                                               \
   }
 
 NA_EXPORT(float, f32)
@@ -378,25 +458,26 @@ def _plan(axes: tuple[AxisSpec, ...]) -> _Plan:
 
 
 def _rows(x: Tensor, perm: Tensor | None, dtype: torch.dtype) -> Tensor:
-    """``[B, *spatial, H, C]`` -> ``[B * H, N, C]`` (last spatial axis reordered by ``perm``)."""
+    """``[B, *spatial, H, C]`` -> contiguous ``[B, N, H, C]`` in ``dtype``, last axis reordered by ``perm``."""
     if perm is not None:
         x = x.index_select(x.dim() - 3, perm)
-    b, h, c = x.shape[0], x.shape[-2], x.shape[-1]
-    return x.reshape(b, -1, h, c).transpose(1, 2).to(dtype).contiguous().view(b * h, -1, c)
+    return x.to(dtype).contiguous().view(x.shape[0], -1, *x.shape[-2:])
 
 
 def _columns(rows: Tensor) -> Tensor:
-    """``[BH, N, C]`` -> ``[BH, C, N + PAD]`` (zero padding: vector steps may read past a row end)."""
-    return F.pad(rows.transpose(1, 2), (0, PAD))
+    """``[B, N, H, C]`` -> ``[B, H, C, N + PAD]``; the zero tail lets vector steps read past a row end."""
+    b, n, h, c = rows.shape
+    cols = rows.new_zeros(b, h, c, n + PAD)
+    cols[..., :n] = rows.permute(0, 2, 3, 1)
+    return cols
 
 
 def _unrows(rows: Tensor, shape: torch.Size, dtype: torch.dtype, inverse: Tensor | None) -> Tensor:
-    """Inverse of :func:`_rows`: ``[B * H, N, C]`` -> ``shape`` ``[B, *spatial, H, C]`` in ``dtype``."""
-    b, h, c = shape[0], shape[-2], shape[-1]
-    x = rows.view(b, h, *shape[1:-2], c).movedim(1, -2)
+    """Inverse of :func:`_rows`: ``[B, N, H, C]`` (any strides) -> ``shape`` ``[B, *spatial, H, C]`` in ``dtype``."""
+    x = rows.reshape(shape)
     if inverse is not None:
         x = x.index_select(x.dim() - 3, inverse)
-    return x.to(dtype).contiguous()
+    return x.to(dtype)
 
 
 def _ptr(x: Tensor | None) -> int | None:
@@ -411,18 +492,18 @@ class _NativeNA(torch.autograd.Function):
                 axes: tuple[AxisSpec, ...], scale: float) -> Tensor:
         dtype = torch.float64 if query.dtype == torch.float64 else torch.float32
         plan = _plan(axes)
-        qr, kr, vr = (_rows(x, plan.perm, dtype) for x in (query, key, value))
-        kt = _columns(kr)
+        q, k, v = (_rows(x, plan.perm, dtype) for x in (query, key, value))
+        kt = _columns(k)
         bias = None if rpb is None else rpb.detach().to(dtype).contiguous()
-        bh, n, c = qr.shape
-        meta = torch.tensor((bh, query.shape[-2], n, n + PAD, c, *plan.meta), dtype=torch.long)
-        out = torch.empty_like(qr)
-        lse = qr.new_empty(bh, n)
+        b, n, h, c = q.shape
+        meta = torch.tensor((b * h, h, n, n + PAD, c, *plan.meta), dtype=torch.long)
+        out = torch.empty_like(q)
+        lse = q.new_empty(b, n, h)
         lib = library()
         fn = lib.na_forward_f64 if dtype == torch.float64 else lib.na_forward_f32
-        fn(_ptr(meta), _ptr(plan.tab), _ptr(qr), _ptr(kt), _ptr(vr), _ptr(bias), scale, _ptr(out), _ptr(lse),
+        fn(_ptr(meta), _ptr(plan.tab), _ptr(q), _ptr(kt), _ptr(v), _ptr(bias), scale, _ptr(out), _ptr(lse),
            torch.get_num_threads())
-        ctx.save_for_backward(qr, kr, kt, vr, bias, out, lse, meta)
+        ctx.save_for_backward(q, k, kt, v, bias, out, lse, meta)
         ctx.plan, ctx.scale, ctx.shape = plan, scale, query.shape
         ctx.dtypes = query.dtype, None if rpb is None else rpb.dtype
         return _unrows(out, query.shape, query.dtype, plan.inverse)
@@ -430,18 +511,24 @@ class _NativeNA(torch.autograd.Function):
     @staticmethod
     @torch.autograd.function.once_differentiable
     def backward(ctx, grad_out: Tensor):
-        qr, kr, kt, vr, bias, out, lse, meta = ctx.saved_tensors
-        plan = ctx.plan
-        gr = _rows(grad_out, plan.perm, qr.dtype)
-        delta = (gr * out).sum(-1)
-        dq, dk, dv = (torch.empty_like(qr) for _ in range(3))
+        q, k, kt, v, bias, out, lse, meta = ctx.saved_tensors
+        plan, threads = ctx.plan, torch.get_num_threads()
+        grad = _rows(grad_out, plan.perm, q.dtype)
+        delta = (grad * out).sum(-1)
+        dq = torch.empty_like(q)
         d_bias = None if bias is None else torch.empty_like(bias)
+        if q.shape[0] * q.shape[2] >= threads:  # threads own whole (batch, head) slices: scatter dk, dv
+            qt = gt = None
+            dk, dv = torch.zeros_like(q), torch.zeros_like(q)
+        else:  # a second pass per key over the queries whose window holds it
+            qt, gt = _columns(q), _columns(grad)
+            dk, dv = torch.empty_like(q), torch.empty_like(q)
+        vt = _columns(v)  # the kernel reads every array below while these references keep them alive
         lib = library()
-        fn = lib.na_backward_f64 if qr.dtype == torch.float64 else lib.na_backward_f32
-        qt, vt, gt = _columns(qr), _columns(vr), _columns(gr)  # keep references while the kernel runs
-        fn(_ptr(meta), _ptr(plan.tab), _ptr(qr), _ptr(qt), _ptr(kr), _ptr(kt), _ptr(vr), _ptr(vt), _ptr(bias),
-           ctx.scale, _ptr(lse), _ptr(gr), _ptr(gt), _ptr(delta), _ptr(dq), _ptr(dk), _ptr(dv), _ptr(d_bias),
-           torch.get_num_threads())
+        fn = lib.na_backward_f64 if q.dtype == torch.float64 else lib.na_backward_f32
+        fn(_ptr(meta), _ptr(plan.tab), _ptr(q), _ptr(qt), _ptr(k), _ptr(kt), _ptr(v), _ptr(vt), _ptr(bias),
+           ctx.scale, _ptr(lse), _ptr(grad), _ptr(gt), _ptr(delta), _ptr(dq), _ptr(dk), _ptr(dv), _ptr(d_bias),
+           threads)
         dtype, bias_dtype = ctx.dtypes
         grads = (_unrows(x, ctx.shape, dtype, plan.inverse) for x in (dq, dk, dv))
         return (*grads, None if d_bias is None else d_bias.to(bias_dtype), None, None)

@@ -1,4 +1,6 @@
-"""Tiled backend: NA as batched dense attention of query tiles against their key halos (pure torch).
+"""Pure-torch half of the ``tiled`` backend: batched dense attention of query tiles against key halos.
+
+Used on non-CPU devices, with dropout, or where the compiled kernel of :mod:`.native` is unavailable.
 
 Each axis is cut into tiles of ``T`` consecutive queries of one dilation group (see
 :func:`~.indexing.axis_tiles`); the windows of a tile's queries lie in one run of ``H <= T + k - 1``
@@ -181,7 +183,8 @@ class _TiledAttention(torch.autograd.Function):
         d_logits = d_attn.sub_(delta).mul_(attn)  # [B, h, P, Tq, Hk]
         d_addend = None
         if ctx.needs_input_grad[3]:
-            d_addend = torch.stack([d_logits[:, :, lo:hi].sum((0, 2)) for lo, hi in zip(plan.bounds, plan.bounds[1:])], 1)
+            d_addend = torch.stack([d_logits[:, :, lo:hi].sum((0, 2))
+                                    for lo, hi in zip(plan.bounds, plan.bounds[1:])], 1)
         d_logits = d_logits.to(q.dtype)
         d_query = torch.matmul(d_logits, k).mul_(scale).view(b, -1, c).index_select(1, plan.out_index)
         d_key = torch.matmul(d_logits.transpose(-1, -2), q)
