@@ -3,8 +3,8 @@
 A benchmark case is a ``build`` callable returning ``(fn, inputs)``: ``fn(*inputs)`` runs the op and
 returns one tensor; ``inputs`` are the tensors it reads (those with ``requires_grad`` get gradients).
 
-* :func:`measure_case` times ``fn`` in the current process (median and min over ``repeats`` runs after
-  one warm-up run, forward only under ``no_grad`` or forward + backward with a fixed random output
+* :func:`measure_case` times ``fn`` in the current process (wall and CPU time, median and min over up
+  to ``repeats`` runs after one warm-up run, forward only under ``no_grad`` or forward + backward with a fixed random output
   gradient) and measures its peak memory during the warm-up run, the first thing it runs: on CUDA
   the growth of ``torch.cuda.max_memory_allocated``; on CPU the growth of the process' peak resident set size
   (``VmHWM``, reset through ``/proc/self/clear_refs`` first; without it the lifetime peak
@@ -23,7 +23,7 @@ Example (``my_bench.py``)::
         return measure_case(build, backward=True, device='cpu', repeats=5)
 
     result = run_isolated(__file__, 'run', {'size': 512}, timeout=60)
-    # {'status': 'ok', 'time_ms': ..., 'time_min_ms': ..., 'peak_mem_mb': ...}
+    # {'status': 'ok', 'time_ms': ..., 'time_min_ms': ..., 'cpu_ms': ..., 'peak_mem_mb': ..., ...}
 """
 from __future__ import annotations
 
@@ -70,10 +70,13 @@ def _sync(device: torch.device) -> None:
 
 
 def measure_case(build: Callable[[], tuple[Callable[..., Tensor], list[Tensor]]], backward: bool,
-                 device: str | torch.device, repeats: int) -> dict:
+                 device: str | torch.device, repeats: int, max_seconds: float = 60.0) -> dict:
     """Time ``fn(*inputs)`` (plus backward when ``backward``) and measure its peak memory.
 
-    Returns ``{'status': 'ok', 'time_ms': median, 'time_min_ms': min, 'peak_mem_mb': peak growth}``.
+    Runs fewer than ``repeats`` timed steps when they would take more than ``max_seconds``.
+    Returns ``{'status': 'ok', 'time_ms': median, 'time_min_ms': min, 'cpu_ms': median,
+    'cpu_min_ms': min, 'peak_mem_mb': peak growth, 'repeats': timed steps}`` where ``cpu_*`` is the
+    process CPU time (all threads; with one thread it ignores time-slicing by other processes).
     """
     device = torch.device(device)
     fn, inputs = build()
@@ -93,6 +96,7 @@ def measure_case(build: Callable[[], tuple[Callable[..., Tensor], list[Tensor]]]
                 fn(*inputs)
 
     _sync(device)
+    start = time.perf_counter()
     if device.type == 'cuda':
         torch.cuda.reset_peak_memory_stats(device)
         base = torch.cuda.memory_allocated(device)
@@ -105,15 +109,18 @@ def measure_case(build: Callable[[], tuple[Callable[..., Tensor], list[Tensor]]]
         step()
         high = _rss_bytes('VmHWM') if fresh else resource.getrusage(resource.RUSAGE_SELF).ru_maxrss * 1024
         peak = max((high or 0) - base, 0)
-    times = []
-    for _ in range(repeats):
+    first = time.perf_counter() - start
+    times, cpu = [], []
+    for _ in range(max(1, min(repeats, int(max_seconds / max(first, 1e-9))))):
         _sync(device)
-        start = time.perf_counter()
+        start, start_cpu = time.perf_counter(), time.process_time()
         step()
         _sync(device)
         times.append(time.perf_counter() - start)
+        cpu.append(time.process_time() - start_cpu)
     return dict(status='ok', time_ms=1e3 * statistics.median(times), time_min_ms=1e3 * min(times),
-                peak_mem_mb=peak / 2 ** 20)
+                cpu_ms=1e3 * statistics.median(cpu), cpu_min_ms=1e3 * min(cpu), peak_mem_mb=peak / 2 ** 20,
+                repeats=len(times))
 
 
 def run_isolated(path: str, function: str, kwargs: dict, timeout: float) -> dict:

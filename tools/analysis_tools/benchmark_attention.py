@@ -21,9 +21,11 @@ Methods:
                   SDPA with the RPB as additive mask, reverse, crop).
   sdpa-full       dense SDPA over all pixels (kernel ignored).
 
-Cases whose estimated memory exceeds ``--mem-budget-gb`` are recorded as skipped. Results go to
-``<out-dir>/na_results.csv``, plots ``na_time.png``, ``na_memory.png``, ``na_kernels.png`` and the
-acceptance ratios to ``na_summary.md``.
+Each case records wall and CPU time (median and best of ``--repeats``, fewer when they would exceed
+``--max-seconds``) and peak memory. On a machine shared with other jobs, ``--threads 1 --metric
+cpu_min_ms`` gives the most stable comparison. Cases whose estimated memory exceeds ``--mem-budget-gb``
+are recorded as skipped. Results go to ``<out-dir>/na_results.csv``, plots ``na_time.png``,
+``na_memory.png``, ``na_kernels.png`` (``--metric``) and the acceptance ratios to ``na_summary.md``.
 """
 from __future__ import annotations
 
@@ -43,8 +45,10 @@ sys.path.insert(0, osp.dirname(osp.abspath(__file__)))
 from bench_utils import measure_case, run_isolated  # noqa: E402
 
 METHODS = ('na-tiled', 'na-tiled-torch', 'na-gather', 'na-flex', 'natten', 'sdpa-masked', 'window', 'sdpa-full')
-FIELDS = ('method', 'resolution', 'kernel', 'mode', 'status', 'time_ms', 'time_min_ms', 'peak_mem_mb', 'batch',
-          'heads', 'head_dim', 'rpb', 'dtype', 'device', 'threads', 'note')
+FIELDS = ('method', 'resolution', 'kernel', 'mode', 'status', 'time_ms', 'time_min_ms', 'cpu_ms', 'cpu_min_ms',
+          'peak_mem_mb', 'repeats', 'batch', 'heads', 'head_dim', 'rpb', 'dtype', 'device', 'threads', 'note')
+METRICS = {'time_min_ms': 'wall time, best of repeats (ms)', 'time_ms': 'wall time, median (ms)',
+           'cpu_min_ms': 'CPU time, best of repeats (ms)', 'cpu_ms': 'CPU time, median (ms)'}
 DTYPES = {'float32': torch.float32, 'float16': torch.float16, 'bfloat16': torch.bfloat16}
 
 
@@ -113,7 +117,7 @@ def build_case(method: str, resolution: int, kernel: int, batch: int, heads: int
 
 
 def run_case(method: str, resolution: int, kernel: int, mode: str, batch: int, heads: int, head_dim: int,
-             rpb: bool, dtype: str, device: str, threads: int, repeats: int) -> dict:
+             rpb: bool, dtype: str, device: str, threads: int, repeats: int, max_seconds: float) -> dict:
     """One measurement (meant to run in a fresh interpreter via ``run_isolated``)."""
     if method == 'na-tiled-torch':
         os.environ['LOCALATTN_NA_NATIVE'] = '0'
@@ -124,7 +128,7 @@ def run_case(method: str, resolution: int, kernel: int, mode: str, batch: int, h
         return build_case(method, resolution, kernel, batch, heads, head_dim, rpb, DTYPES[dtype],
                           torch.device(device))
 
-    return measure_case(build, backward=mode == 'train', device=device, repeats=repeats)
+    return measure_case(build, backward=mode == 'train', device=device, repeats=repeats, max_seconds=max_seconds)
 
 
 def estimate_bytes(method: str, resolution: int, kernel: int, batch: int, heads: int, head_dim: int,
@@ -173,13 +177,14 @@ def run_na_suite(args: argparse.Namespace) -> list[dict]:
                     elif method == 'sdpa-full' and kernel != args.kernels[0]:
                         first = next(r for r in rows if r['method'] == method and r['resolution'] == resolution
                                      and r['mode'] == mode)
-                        row.update({k: first.get(k) for k in ('status', 'time_ms', 'time_min_ms', 'peak_mem_mb')},
-                                   note='kernel-independent: copied')
+                        row.update({k: first.get(k) for k in METRICS}, status=first.get('status'),
+                                   peak_mem_mb=first.get('peak_mem_mb'), note='kernel-independent: copied')
                     else:
                         kwargs = {k: row[k] for k in ('method', 'resolution', 'kernel', 'mode', 'batch', 'heads',
                                                       'head_dim', 'rpb', 'dtype', 'device', 'threads')}
                         row.update(run_isolated(osp.abspath(__file__), 'run_case',
-                                                dict(kwargs, repeats=args.repeats), args.timeout))
+                                                dict(kwargs, repeats=args.repeats, max_seconds=args.max_seconds),
+                                                args.timeout))
                     rows.append(row)
                     print(_format(row), flush=True)
     return rows
@@ -189,7 +194,8 @@ def _format(row: dict) -> str:
     head = f"{row['method']:>15s} {row['resolution']:>4d}px k{row['kernel']:<3d} {row['mode']:>8s}"
     if row.get('status') != 'ok':
         return f"{head}  {row.get('status')}: {row.get('note', '')}"
-    return f"{head}  {row['time_ms']:10.2f} ms (best {row['time_min_ms']:.2f})  {row['peak_mem_mb']:9.1f} MB"
+    return (f"{head}  {row['time_ms']:10.2f} ms (best {row['time_min_ms']:.2f}, cpu best {row['cpu_min_ms']:.2f})"
+            f"  {row['peak_mem_mb']:9.1f} MB")
 
 
 def _lookup(rows: list[dict], method: str, resolution: int, kernel: int, mode: str, key: str) -> float | None:
@@ -199,22 +205,19 @@ def _lookup(rows: list[dict], method: str, resolution: int, kernel: int, mode: s
     return None
 
 
-def summary(rows: list[dict], kernel: int = 7) -> str:
-    """Markdown acceptance ratios of ``na-tiled`` (best fwd+bwd time) and its scaling with the pixel count."""
-    lines = []
-
-    def ratio(other: str, resolution: int) -> None:
-        ours = _lookup(rows, 'na-tiled', resolution, kernel, 'train', 'time_min_ms')
-        theirs = _lookup(rows, other, resolution, kernel, 'train', 'time_min_ms')
-        if ours and theirs:
-            lines.append(f'- {resolution}x{resolution}, k={kernel}, fwd+bwd: {other} / na-tiled = '
-                         f'{theirs:.1f} / {ours:.1f} ms = **{theirs / ours:.2f}x**')
-
+def summary(rows: list[dict], metric: str, kernel: int = 7) -> str:
+    """Markdown acceptance ratios of ``na-tiled`` (fwd+bwd ``metric``) and its scaling with the pixel count."""
+    lines = [f'Metric: {METRICS[metric]}.']
     for resolution in (56, 112):
-        for other in ('sdpa-masked', 'na-gather', 'window', 'na-tiled-torch'):
-            ratio(other, resolution)
+        for mode, label in (('train', 'fwd+bwd'), ('forward', 'forward')):
+            for other in ('sdpa-masked', 'na-gather', 'window', 'na-tiled-torch'):
+                ours = _lookup(rows, 'na-tiled', resolution, kernel, mode, metric)
+                theirs = _lookup(rows, other, resolution, kernel, mode, metric)
+                if ours and theirs:
+                    lines.append(f'- {resolution}x{resolution}, k={kernel}, {label}: {other} / na-tiled = '
+                                 f'{theirs:.1f} / {ours:.1f} ms = **{theirs / ours:.2f}x**')
     resolutions = sorted({r['resolution'] for r in rows})
-    for key, label in (('time_min_ms', 'time'), ('peak_mem_mb', 'peak memory')):
+    for key, label in ((metric, 'time'), ('peak_mem_mb', 'peak memory')):
         values = [(res, _lookup(rows, 'na-tiled', res, kernel, 'train', key)) for res in resolutions]
         values = [(res, v) for res, v in values if v]
         if len(values) >= 2:
@@ -223,7 +226,7 @@ def summary(rows: list[dict], kernel: int = 7) -> str:
     return '\n'.join(lines)
 
 
-def plot(rows: list[dict], out_dir: str, kernel: int = 7, resolution: int = 56) -> None:
+def plot(rows: list[dict], out_dir: str, metric: str, kernel: int = 7, resolution: int = 56) -> None:
     """Write ``na_time.png``, ``na_memory.png`` and ``na_kernels.png`` (log scales)."""
     import matplotlib
     matplotlib.use('Agg')
@@ -237,9 +240,9 @@ def plot(rows: list[dict], out_dir: str, kernel: int = 7, resolution: int = 56) 
                                                 else r['resolution'] == resolution)]
         return [p[0] for p in sorted(pts)], [p[1] for p in sorted(pts)]
 
-    figures = (('na_time.png', 'time_min_ms', 'time, best of repeats (ms)', ('forward', 'train'), 'resolution'),
+    figures = (('na_time.png', metric, METRICS[metric], ('forward', 'train'), 'resolution'),
                ('na_memory.png', 'peak_mem_mb', 'peak memory growth (MB)', ('forward', 'train'), 'resolution'),
-               ('na_kernels.png', 'time_min_ms', 'time, best of repeats (ms)', ('forward', 'train'), 'kernel'))
+               ('na_kernels.png', metric, METRICS[metric], ('forward', 'train'), 'kernel'))
     for name, key, ylabel, modes, by in figures:
         fig, axes = plt.subplots(1, len(modes), figsize=(9, 3.6), dpi=80)
         for ax, mode in zip(axes, modes):
@@ -254,7 +257,7 @@ def plot(rows: list[dict], out_dir: str, kernel: int = 7, resolution: int = 56) 
             what = f'k={kernel}' if by == 'resolution' else f'{resolution}x{resolution}'
             ax.set_title(f"{'fwd+bwd' if mode == 'train' else 'forward'}, {what}", fontsize=9)
             ax.grid(True, which='both', alpha=0.3)
-        if methods:
+        if axes[-1].get_lines():
             axes[-1].legend(fontsize=7)
         fig.tight_layout()
         fig.savefig(osp.join(out_dir, name))
@@ -274,6 +277,8 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     parser.add_argument('--device', default='cpu')
     parser.add_argument('--dtype', choices=tuple(DTYPES), default='float32')
     parser.add_argument('--repeats', type=int, default=5)
+    parser.add_argument('--max-seconds', type=float, default=60.0, help='time budget of the repeats of one case')
+    parser.add_argument('--metric', choices=tuple(METRICS), default='time_min_ms', help='time shown in plots/summary')
     parser.add_argument('--threads', type=int, default=torch.get_num_threads(), help='torch intra-op threads')
     parser.add_argument('--mem-budget-gb', type=float, default=8.0, help='skip cases estimated above this')
     parser.add_argument('--timeout', type=float, default=600.0, help='seconds per case before giving up')
@@ -290,8 +295,8 @@ def main(argv: list[str] | None = None) -> None:
             writer = csv.DictWriter(f, FIELDS, extrasaction='ignore')
             writer.writeheader()
             writer.writerows(rows)
-        plot(rows, args.out_dir)
-        text = summary(rows)
+        plot(rows, args.out_dir, args.metric)
+        text = summary(rows, args.metric)
         with open(osp.join(args.out_dir, 'na_summary.md'), 'w', encoding='utf-8') as f:
             f.write(text + '\n')
         print(text)

@@ -12,22 +12,27 @@ the attention-scale weights (applied to the numerator only).
 
 Efficient form: ``exp(s + b) = exp(s) * exp(b)`` and ``s`` depends only on the key pixel, so with
 ``E = exp(s - c)`` and ``U = E * v`` the numerator is a depthwise convolution of ``U`` with kernel
-``exp(b - max b) * w`` and the denominator a depthwise convolution of ``E`` with kernel
-``exp(b - max b)``; zero padding in exp-space masks out-of-image keys exactly. Activations are about
-``(2L + 1) * C * H * W`` floats: no ``k * k`` factor.
+``exp(b - max b) * w`` (the same kernel for the ``d`` channels of a head) and the denominator a
+depthwise convolution of ``E`` with kernel ``exp(b - max b)``; zero padding in exp-space masks
+out-of-image keys exactly. Activations are a few ``L * C * H * W`` maps (``U``, the numerator, their
+ratio), forward and backward: no ``k * k`` factor (an unfold-based local attention needs about
+``2 * k * k * C * H * W``). On CPU the kernels' gradient is itself a depthwise convolution
+(:class:`_DepthwiseConv2d`).
 
 Numerical safety:
 
 * exp, both convolutions and the division run in fp32 (fp64 for fp64 inputs) with autocast
-  disabled, whatever the input dtype; the result is cast back to the inputs' dtype.
+  disabled, forward and backward, whatever the input dtype; the result is cast back to the inputs'
+  dtype.
 * The stabiliser ``c`` is the per (batch, query, head) maximum of the logits over the whole map, and
   ``max b`` the per (query, head) maximum of the bias over the window. Both are constant over every
   window, so they cancel exactly between numerator and denominator (and are detached).
 * A global ``c`` can underflow a whole window far below the global maximum to ``0 / 0``. Every
-  output (pixel, query, head) whose stabilised denominator is below ``exp(-fallback_margin)`` is
-  recomputed exactly with an explicit per-window softmax over just those windows (gathered, with
-  their own maximum). This criterion covers both a window whose logits lie far below ``c`` and one
-  whose only large logits sit at offsets with a very negative bias. The fallback is rare for
+  output (pixel, query, head) whose stabilised denominator is below ``exp(-fallback_margin)``
+  (default ``exp(-30)``) is recomputed exactly with an explicit per-window softmax over just those
+  windows (gathered, with their own maximum). This criterion covers both a window whose logits lie
+  far below ``c`` and one whose only large logits sit at offsets with a very negative bias, and it
+  bounds the backward of ``1 / den`` (``1 / den ** 2 <= exp(60)``). The fallback is rare for
   normalised inputs; its memory is ``k * k * head_dim`` per recomputed entry.
 """
 from __future__ import annotations
@@ -80,6 +85,68 @@ def _to_nchw(x: Tensor) -> Tensor:
     return nchw.contiguous() if x.dtype == torch.float64 else nchw
 
 
+def _depthwise_weight_grad(x: Tensor, grad: Tensor, kernel_size: int, stride: int,
+                           padding: int) -> Tensor:
+    """Weight gradient of a depthwise convolution, itself computed as a depthwise convolution.
+
+    ``dK[c, o] = sum_{b, i} G[b, c, i] * x[b, c, s * i + o - p]``: the maps ``x`` (one channel per
+    ``(b, c)``) correlated with the output gradient ``G`` used as a (dilation ``s``) kernel, then summed
+    over the batch. Memory: one copy of ``x`` and of ``G``, independent of ``k``.
+
+    Args:
+        x: ``[B, C, H, W]``. grad: ``[B, C, H', W']``.
+
+    Returns:
+        ``[C, 1, k, k]``.
+    """
+    batch, channels, height, width = x.shape
+    layout = torch.contiguous_format if x.dtype == torch.float64 else torch.channels_last
+    maps = torch.empty((1, batch * channels, height, width), dtype=x.dtype, device=x.device,
+                       memory_format=layout)
+    maps.view(batch, channels, height, width).copy_(x)
+    kernels = grad.reshape(batch * channels, 1, *grad.shape[-2:])
+    corr = F.conv2d(maps, kernels, padding=padding, dilation=stride, groups=batch * channels)
+    corr = corr[0, :, :kernel_size, :kernel_size]      # stride 2 on even maps yields k + 1 lags
+    return corr.reshape(batch, channels, kernel_size, kernel_size).sum(0).unsqueeze(1)
+
+
+class _DepthwiseConv2d(torch.autograd.Function):
+    """``F.conv2d(x, weight, groups=C)`` with the weight gradient of :func:`_depthwise_weight_grad`.
+
+    On CPU, oneDNN's own depthwise weight gradient allocates scratch growing with ``k`` and falls back
+    to a GEMM several times slower for ``k > 13``; the input gradient keeps the native backward.
+    """
+
+    @staticmethod
+    def forward(ctx, x: Tensor, weight: Tensor, stride: int, padding: int) -> Tensor:
+        ctx.save_for_backward(x, weight)
+        ctx.stride, ctx.padding = stride, padding
+        return F.conv2d(x, weight, stride=stride, padding=padding, groups=x.shape[1])
+
+    @staticmethod
+    def backward(ctx, grad: Tensor) -> tuple[Tensor | None, Tensor | None, None, None]:
+        x, weight = ctx.saved_tensors
+        grad_x = grad_weight = None
+        # A backward called under autocast would otherwise run these convolutions in half precision.
+        with torch.autocast(device_type=grad.device.type, enabled=False):
+            if ctx.needs_input_grad[0]:
+                grad_x = torch.ops.aten.convolution_backward(
+                    grad, x, weight, None, [ctx.stride] * 2, [ctx.padding] * 2, [1, 1], False,
+                    [0, 0], x.shape[1], (True, False, False))[0]
+            if ctx.needs_input_grad[1]:
+                grad_weight = _depthwise_weight_grad(x, grad, weight.shape[-1], ctx.stride,
+                                                     ctx.padding)
+        return grad_x, grad_weight, None, None
+
+
+def _depthwise_conv2d(x: Tensor, weight: Tensor, stride: int, padding: int) -> Tensor:
+    """``[B, C, H, W]`` * ``[C, 1, k, k]`` -> ``[B, C, H', W']``; :class:`_DepthwiseConv2d` on CPU
+    (CUDA keeps the native, k-independent weight gradient)."""
+    if x.device.type == 'cpu':
+        return _DepthwiseConv2d.apply(x, weight, stride, padding)
+    return F.conv2d(x, weight, stride=stride, padding=padding, groups=x.shape[1])
+
+
 def _window_softmax(logits: Tensor, value: Tensor, rpb: Tensor, scale_weights: Tensor,
                     index: tuple[Tensor, ...], kernel_size: int, stride: int) -> Tensor:
     """Explicit, max-subtracted window softmax for the selected outputs only.
@@ -114,7 +181,6 @@ def _qna2d_exp_space(logits: Tensor, value: Tensor, rpb: Tensor, scale_weights: 
     batch, _, _, num_queries, heads = logits.shape
     head_dim = value.shape[-1]
     pad = (kernel_size - 1) // 2
-    conv = dict(stride=stride, padding=pad)
 
     stab = logits.detach().amax(dim=(1, 2), keepdim=True)                # [B, 1, 1, L, h]
     exp_logits = torch.exp(logits - stab)                                # E: [B, H, W, L, h]
@@ -125,8 +191,8 @@ def _qna2d_exp_space(logits: Tensor, value: Tensor, rpb: Tensor, scale_weights: 
     num_kernel = (exp_bias * scale_weights)[:, :, None].expand(-1, -1, head_dim, -1, -1)
     num_kernel = num_kernel.reshape(num_queries * heads * head_dim, 1, kernel_size, kernel_size)
 
-    den = F.conv2d(_to_nchw(exp_logits), den_kernel, groups=den_kernel.shape[0], **conv)
-    num = F.conv2d(_to_nchw(weighted), num_kernel, groups=num_kernel.shape[0], **conv)
+    den = _depthwise_conv2d(_to_nchw(exp_logits), den_kernel, stride, pad)
+    num = _depthwise_conv2d(_to_nchw(weighted), num_kernel, stride, pad)
     out_h, out_w = den.shape[-2:]
     den = den.permute(0, 2, 3, 1).reshape(batch, out_h, out_w, num_queries, heads)
     num = num.permute(0, 2, 3, 1).reshape(batch, out_h, out_w, num_queries, heads, head_dim)
@@ -141,7 +207,7 @@ def _qna2d_exp_space(logits: Tensor, value: Tensor, rpb: Tensor, scale_weights: 
 
 
 def qna2d(logits: Tensor, value: Tensor, rpb: Tensor, scale_weights: Tensor, *,
-          kernel_size: int, stride: int = 1, fallback_margin: float = 60.0) -> Tensor:
+          kernel_size: int, stride: int = 1, fallback_margin: float = 30.0) -> Tensor:
     """QnA attention over ``k x k`` windows (masked at the border), summed over the learned queries.
 
     Args:
@@ -153,7 +219,9 @@ def qna2d(logits: Tensor, value: Tensor, rpb: Tensor, scale_weights: Tensor, *,
         kernel_size: odd window size ``k``; padding is ``(k - 1) // 2``.
         stride: output stride ``s``; output pixel ``i`` reads inputs ``s * i + o - p``.
         fallback_margin: an output whose stabilised softmax denominator is below
-            ``exp(-fallback_margin)`` is recomputed with an explicit per-window softmax.
+            ``exp(-fallback_margin)`` is recomputed with an explicit per-window softmax. The backward
+            of ``1 / den`` scales by ``1 / den ** 2``: keep ``2 * fallback_margin`` well below fp32's
+            ``log(max) = 88``.
 
     Returns:
         ``[B, ceil(H / s), ceil(W / s), heads, head_dim]`` in the promoted dtype of ``logits`` and
