@@ -13,3 +13,10 @@ test: setup
 
 bench-attention: setup
 	$(PY) tools/analysis_tools/benchmark_attention.py --suite all
+
+# End-to-end CPU demo: synthetic data -> train NAT UPerNet + NAT Mask R-CNN -> mIoU (single scale and
+# multi-scale + flip), box/mask mAP, pictures, curves -> work_dirs/demo/summary.md. DEMO_ARGS=--quick
+# runs a few iterations only.
+DEMO_ARGS ?=
+demo: setup
+	$(PY) tools/demo.py $(DEMO_ARGS)

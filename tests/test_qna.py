@@ -94,6 +94,35 @@ def test_qna2d_gradcheck(shape, kernel_size, stride):
         lambda *args: qna2d(*args, kernel_size=kernel_size, stride=stride), inputs)
 
 
+@pytest.mark.parametrize('stride', [1, 2])
+def test_qna2d_fp32_gradients_match_fp64(stride):
+    """fp32 runs the channels-last CPU path; fp64 (checked by gradcheck above) the contiguous one."""
+    inputs64 = [t.requires_grad_() for t in random_inputs((2, 6, 7, 2, 2, 3), 5)]
+    inputs32 = [t.detach().float().requires_grad_() for t in inputs64]
+    grad_out = torch.randn(2, math.ceil(6 / stride), math.ceil(7 / stride), 2, 3, dtype=torch.float64)
+    qna2d(*inputs64, kernel_size=5, stride=stride).backward(grad_out)
+    qna2d(*inputs32, kernel_size=5, stride=stride).backward(grad_out.float())
+    for x32, x64 in zip(inputs32, inputs64):
+        torch.testing.assert_close(x32.grad.double(), x64.grad, rtol=1e-4, atol=1e-4)
+
+
+@pytest.mark.parametrize('kernel_size,stride,size', [(3, 1, (6, 7)), (15, 1, (9, 8)),
+                                                     (5, 2, (6, 8)), (15, 2, (7, 9))])
+def test_depthwise_conv_gradients_match_native(kernel_size, stride, size):
+    gen = torch.Generator().manual_seed(0)
+    x = torch.randn(2, *size, 6, generator=gen).permute(0, 3, 1, 2).requires_grad_()  # channels-last
+    weight = torch.randn(6, 1, kernel_size, kernel_size, generator=gen, requires_grad=True)
+    pad = (kernel_size - 1) // 2
+    out = qna_ops._DepthwiseConv2d.apply(x, weight, stride, pad)
+    expected = torch.nn.functional.conv2d(x, weight, stride=stride, padding=pad, groups=6)
+    torch.testing.assert_close(out, expected)
+    grad_out = torch.randn(expected.shape, generator=gen)
+    grads = torch.autograd.grad(out, (x, weight), grad_out)
+    expected_grads = torch.autograd.grad(expected, (x, weight), grad_out)
+    for grad, expected_grad in zip(grads, expected_grads):
+        torch.testing.assert_close(grad, expected_grad, rtol=1e-4, atol=1e-4)
+
+
 def test_qna2d_gradcheck_through_fallback():
     logits, value, rpb, scale = random_inputs((1, 4, 5, 2, 1, 2), 3)
     logits = logits.clone()

@@ -100,10 +100,7 @@ def _depthwise_weight_grad(x: Tensor, grad: Tensor, kernel_size: int, stride: in
         ``[C, 1, k, k]``.
     """
     batch, channels, height, width = x.shape
-    layout = torch.contiguous_format if x.dtype == torch.float64 else torch.channels_last
-    maps = torch.empty((1, batch * channels, height, width), dtype=x.dtype, device=x.device,
-                       memory_format=layout)
-    maps.view(batch, channels, height, width).copy_(x)
+    maps = x.reshape(1, batch * channels, height, width)
     kernels = grad.reshape(batch * channels, 1, *grad.shape[-2:])
     corr = F.conv2d(maps, kernels, padding=padding, dilation=stride, groups=batch * channels)
     corr = corr[0, :, :kernel_size, :kernel_size]      # stride 2 on even maps yields k + 1 lags
