@@ -310,6 +310,16 @@ def _check_tta(path, cfg, model, models_registry, tmp_path):
 
 
 # ----------------------------------------------------------------------------- the test
+@pytest.fixture(scope='module', autouse=True)
+def single_thread():
+    """One intra-op thread: these tensors are tiny, and on a busy machine OpenMP threads spinning
+    for a shared core made the steps ~10x slower than one thread."""
+    threads = torch.get_num_threads()
+    torch.set_num_threads(1)
+    yield
+    torch.set_num_threads(threads)
+
+
 @pytest.fixture
 def quiet_mmengine_logger():
     """The optimiser constructor logs one INFO line per parameter setting (thousands)."""
@@ -336,3 +346,50 @@ def test_config_builds_and_trains_one_step(path, tmp_path, quiet_mmengine_logger
     _train_step(cfg, model, optim_wrapper)
     if cfg.default_scope == 'mmseg':
         _check_tta(path, cfg, model, models_registry, tmp_path)
+
+
+# ----------------------------------------------------------------------------- plug-in recipe
+PLUGIN_EXAMPLES = {
+    'configs/plugin_examples/mask-rcnn_r50-to-nat-tiny_fpn_1x_coco.py':
+        'mmdet::mask_rcnn/mask-rcnn_r50_fpn_1x_coco.py',
+    'configs/plugin_examples/upernet_r50-to-nat-tiny_4xb4-160k_ade20k-512x512.py':
+        'mmseg::upernet/upernet_r50_4xb4-160k_ade20k-512x512.py',
+}
+# what the recipe is allowed to change (model keys as dotted paths)
+PLUGIN_CHANGES = {
+    'model.backbone', 'model.pretrained', 'model.neck.in_channels',
+    'model.decode_head.in_channels', 'model.decode_head.in_index',
+    'model.auxiliary_head.in_channels', 'model.auxiliary_head.in_index',
+}
+
+
+@pytest.mark.parametrize('path', sorted(PLUGIN_EXAMPLES))
+def test_plugin_example_changes_only_the_backbone(path, tmp_path):
+    """The examples inherit the upstream config unmodified and change only the backbone, the
+    channels that depend on it (and the optimiser / lr schedule); the model step runs in the
+    parametrised test above."""
+    from mmengine.config import Config
+    assert path in CONFIGS
+    with open(osp.join(ROOT, path)) as f:
+        assert f"_base_ = '{PLUGIN_EXAMPLES[path]}'" in f.read()
+    cfg = _load(path)
+    upstream_file = tmp_path / 'upstream.py'  # resolve 'mmdet::...' exactly as a config does
+    upstream_file.write_text(f"_base_ = '{PLUGIN_EXAMPLES[path]}'\n")
+    upstream = Config.fromfile(str(upstream_file))
+    ours, theirs = cfg.to_dict(), upstream.to_dict()
+    allowed_top = {'model', 'optim_wrapper', 'param_scheduler', 'custom_imports', 'pretrained'}
+    for key in set(ours) | set(theirs):
+        if key not in allowed_top:
+            assert ours.get(key) == theirs.get(key), f'{key} differs from the upstream config'
+
+    def flat(d):
+        return {k: v for k, v in _walk(d)}
+
+    mine, base = flat({'model': ours['model']}), flat({'model': theirs['model']})
+    changed = {k for k in set(mine) | set(base) if mine.get(k) != base.get(k)}
+    unexpected = {k for k in changed
+                  if not any(k == c or k.startswith(c + '.') or k.startswith(c + '[')
+                             for c in PLUGIN_CHANGES)}
+    assert not unexpected, f'the plug-in example changes more than the backbone: {sorted(unexpected)}'
+    assert cfg.model.backbone.type == 'NAT'
+    assert 'localattn' in cfg.custom_imports['imports']

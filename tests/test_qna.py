@@ -69,7 +69,7 @@ def random_inputs(shape: tuple[int, int, int, int, int, int], kernel_size: int,
 ORACLE_CASES = [
     (1, 1, 1, 1, 1), (1, 1, 3, 1, 2), (1, 1, 5, 2, 2), (2, 3, 3, 1, 1), (2, 3, 5, 2, 2),
     (5, 4, 3, 1, 2), (5, 4, 7, 2, 1), (7, 9, 5, 1, 1), (7, 9, 7, 1, 2), (7, 9, 3, 2, 2),
-    (6, 5, 1, 2, 2), (9, 6, 5, 2, 1),
+    (6, 5, 1, 2, 2), (9, 6, 5, 2, 1), (3, 2, 15, 1, 2), (10, 11, 9, 2, 2),
 ]
 
 
@@ -85,9 +85,12 @@ def test_qna2d_matches_window_oracle(height, width, kernel_size, stride, num_que
     torch.testing.assert_close(out32.double(), expected, rtol=1e-5, atol=1e-5)
 
 
+# k <= 5 uses the native convolution backward, k = 7 the convolution-based weight gradient.
 @pytest.mark.parametrize('shape,kernel_size,stride', [((1, 4, 5, 2, 2, 2), 3, 1),
                                                        ((2, 4, 5, 2, 2, 2), 3, 2),
-                                                       ((1, 6, 5, 1, 2, 2), 5, 2)])
+                                                       ((1, 6, 5, 1, 2, 2), 5, 2),
+                                                       ((1, 8, 7, 2, 1, 2), 7, 1),
+                                                       ((1, 8, 7, 1, 2, 2), 7, 2)])
 def test_qna2d_gradcheck(shape, kernel_size, stride):
     inputs = [t.requires_grad_() for t in random_inputs(shape, kernel_size)]
     assert torch.autograd.gradcheck(
@@ -97,11 +100,11 @@ def test_qna2d_gradcheck(shape, kernel_size, stride):
 @pytest.mark.parametrize('stride', [1, 2])
 def test_qna2d_fp32_gradients_match_fp64(stride):
     """fp32 runs the channels-last CPU path; fp64 (checked by gradcheck above) the contiguous one."""
-    inputs64 = [t.requires_grad_() for t in random_inputs((2, 6, 7, 2, 2, 3), 5)]
+    inputs64 = [t.requires_grad_() for t in random_inputs((2, 8, 9, 2, 2, 3), 7)]
     inputs32 = [t.detach().float().requires_grad_() for t in inputs64]
-    grad_out = torch.randn(2, math.ceil(6 / stride), math.ceil(7 / stride), 2, 3, dtype=torch.float64)
-    qna2d(*inputs64, kernel_size=5, stride=stride).backward(grad_out)
-    qna2d(*inputs32, kernel_size=5, stride=stride).backward(grad_out.float())
+    grad_out = torch.randn(2, math.ceil(8 / stride), math.ceil(9 / stride), 2, 3, dtype=torch.float64)
+    qna2d(*inputs64, kernel_size=7, stride=stride).backward(grad_out)
+    qna2d(*inputs32, kernel_size=7, stride=stride).backward(grad_out.float())
     for x32, x64 in zip(inputs32, inputs64):
         torch.testing.assert_close(x32.grad.double(), x64.grad, rtol=1e-4, atol=1e-4)
 
@@ -206,7 +209,7 @@ def _layer_loss(layer: QnA2d, x: torch.Tensor) -> tuple[torch.Tensor, torch.Tens
 @pytest.mark.parametrize('mode', ['fp32', 'bf16-autocast', 'fp16-autocast', 'fp16'])
 def test_layer_finite_in_low_precision_and_large_inputs(mode, scale):
     torch.manual_seed(0)
-    layer = QnA2d(16, 32, 4, kernel_size=5, stride=2)
+    layer = QnA2d(16, 32, 4, kernel_size=7, stride=2)   # k > 5: the convolution-based weight gradient
     x = torch.randn(2, 11, 9, 16) * scale
     dtype = {'fp32': torch.float32, 'bf16-autocast': torch.bfloat16,
              'fp16-autocast': torch.float16, 'fp16': torch.float16}[mode]

@@ -16,8 +16,8 @@ Efficient form: ``exp(s + b) = exp(s) * exp(b)`` and ``s`` depends only on the k
 depthwise convolution of ``E`` with kernel ``exp(b - max b)``; zero padding in exp-space masks
 out-of-image keys exactly. Activations are a few ``L * C * H * W`` maps (``U``, the numerator, their
 ratio), forward and backward: no ``k * k`` factor (an unfold-based local attention needs about
-``2 * k * k * C * H * W``). On CPU the kernels' gradient is itself a depthwise convolution
-(:class:`_DepthwiseConv2d`).
+``2 * k * k * C * H * W``). On CPU, for windows above 5, the kernels' gradient is itself a
+depthwise convolution (:class:`_DepthwiseConv2d`).
 
 Numerical safety:
 
@@ -44,6 +44,11 @@ import torch.nn.functional as F
 from torch import Tensor
 
 __all__ = ['qna2d']
+
+#: Largest window for which the native CPU weight gradient is used: it is the fastest for small
+#: windows, while for larger ones its scratch grows with k and beyond 13 it falls back to a GEMM
+#: several times slower (oneDNN), so :class:`_DepthwiseConv2d` takes over.
+NATIVE_WEIGHT_GRAD_MAX_KERNEL = 5
 
 
 def _check_inputs(logits: Tensor, value: Tensor, rpb: Tensor, scale_weights: Tensor,
@@ -91,7 +96,7 @@ def _depthwise_weight_grad(x: Tensor, grad: Tensor, kernel_size: int, stride: in
 
     ``dK[c, o] = sum_{b, i} G[b, c, i] * x[b, c, s * i + o - p]``: the maps ``x`` (one channel per
     ``(b, c)``) correlated with the output gradient ``G`` used as a (dilation ``s``) kernel, then summed
-    over the batch. Memory: one copy of ``x`` and of ``G``, independent of ``k``.
+    over the batch. Memory: a zero-padded copy of ``x`` and a copy of ``G``; no ``k * k`` factor.
 
     Args:
         x: ``[B, C, H, W]``. grad: ``[B, C, H', W']``.
@@ -100,9 +105,12 @@ def _depthwise_weight_grad(x: Tensor, grad: Tensor, kernel_size: int, stride: in
         ``[C, 1, k, k]``.
     """
     batch, channels, height, width = x.shape
-    maps = x.reshape(1, batch * channels, height, width)
+    # Zero-padded NCHW copy: oneDNN's direct depthwise kernel rejects large implicit padding.
+    maps = x.new_zeros(1, batch * channels, height + 2 * padding, width + 2 * padding)
+    maps.view(batch, channels, *maps.shape[-2:])[:, :, padding:padding + height,
+                                                 padding:padding + width] = x
     kernels = grad.reshape(batch * channels, 1, *grad.shape[-2:])
-    corr = F.conv2d(maps, kernels, padding=padding, dilation=stride, groups=batch * channels)
+    corr = F.conv2d(maps, kernels, dilation=stride, groups=batch * channels)
     corr = corr[0, :, :kernel_size, :kernel_size]      # stride 2 on even maps yields k + 1 lags
     return corr.reshape(batch, channels, kernel_size, kernel_size).sum(0).unsqueeze(1)
 
@@ -110,8 +118,8 @@ def _depthwise_weight_grad(x: Tensor, grad: Tensor, kernel_size: int, stride: in
 class _DepthwiseConv2d(torch.autograd.Function):
     """``F.conv2d(x, weight, groups=C)`` with the weight gradient of :func:`_depthwise_weight_grad`.
 
-    On CPU, oneDNN's own depthwise weight gradient allocates scratch growing with ``k`` and falls back
-    to a GEMM several times slower for ``k > 13``; the input gradient keeps the native backward.
+    Used on CPU for windows above ``NATIVE_WEIGHT_GRAD_MAX_KERNEL``; the input gradient keeps the
+    native backward.
     """
 
     @staticmethod
@@ -137,9 +145,12 @@ class _DepthwiseConv2d(torch.autograd.Function):
 
 
 def _depthwise_conv2d(x: Tensor, weight: Tensor, stride: int, padding: int) -> Tensor:
-    """``[B, C, H, W]`` * ``[C, 1, k, k]`` -> ``[B, C, H', W']``; :class:`_DepthwiseConv2d` on CPU
-    (CUDA keeps the native, k-independent weight gradient)."""
-    if x.device.type == 'cpu':
+    """``[B, C, H, W]`` * ``[C, 1, k, k]`` -> ``[B, C, H', W']``.
+
+    :class:`_DepthwiseConv2d` on CPU for ``k > NATIVE_WEIGHT_GRAD_MAX_KERNEL``; elsewhere (small
+    windows, CUDA) the native convolution and its backward.
+    """
+    if x.device.type == 'cpu' and weight.shape[-1] > NATIVE_WEIGHT_GRAD_MAX_KERNEL:
         return _DepthwiseConv2d.apply(x, weight, stride, padding)
     return F.conv2d(x, weight, stride=stride, padding=padding, groups=x.shape[1])
 
