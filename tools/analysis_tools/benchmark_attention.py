@@ -226,11 +226,22 @@ def summary(rows: list[dict], metric: str, kernel: int = 7) -> str:
     return '\n'.join(lines)
 
 
+def _typed(row: dict) -> dict:
+    """A CSV row with numbers parsed back (empty cells -> None)."""
+    out = dict(row)
+    for key in ('resolution', 'kernel'):
+        out[key] = int(row[key])
+    for key in ('time_ms', 'time_min_ms', 'cpu_ms', 'cpu_min_ms', 'peak_mem_mb'):
+        out[key] = float(row[key]) if row.get(key) else None
+    return out
+
+
 def plot(rows: list[dict], out_dir: str, metric: str, kernel: int = 7, resolution: int = 56) -> None:
     """Write ``na_time.png``, ``na_memory.png`` and ``na_kernels.png`` (log scales)."""
     import matplotlib
     matplotlib.use('Agg')
     import matplotlib.pyplot as plt
+    import matplotlib.ticker
 
     methods = [m for m in METHODS if any(r['method'] == m and r.get('status') == 'ok' for r in rows)]
 
@@ -250,7 +261,10 @@ def plot(rows: list[dict], out_dir: str, metric: str, kernel: int = 7, resolutio
                 xs, ys = series(method, key, mode, by)
                 if xs:
                     ax.plot(xs, ys, marker='o', markersize=3, label=method)
+            ticks = sorted({r[by] for r in rows})
             ax.set_xscale('log' if by == 'resolution' else 'linear')
+            ax.set_xticks(ticks, [str(t) for t in ticks])
+            ax.xaxis.set_minor_locator(matplotlib.ticker.NullLocator())
             ax.set_yscale('log')
             ax.set_xlabel('resolution (px per side)' if by == 'resolution' else 'kernel size')
             ax.set_ylabel(ylabel)
@@ -283,18 +297,23 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     parser.add_argument('--mem-budget-gb', type=float, default=8.0, help='skip cases estimated above this')
     parser.add_argument('--timeout', type=float, default=600.0, help='seconds per case before giving up')
     parser.add_argument('--out-dir', default='work_dirs/benchmarks/attention')
+    parser.add_argument('--from-csv', help='re-plot and summarise an existing na_results.csv instead of running')
     return parser.parse_args(argv)
 
 
 def main(argv: list[str] | None = None) -> None:
     args = parse_args(argv)
     os.makedirs(args.out_dir, exist_ok=True)
-    if args.suite in ('na', 'all'):
+    if args.suite in ('na', 'all') and args.from_csv:
+        with open(args.from_csv, encoding='utf-8') as f:
+            rows = [_typed(r) for r in csv.DictReader(f)]
+    elif args.suite in ('na', 'all'):
         rows = run_na_suite(args)
         with open(osp.join(args.out_dir, 'na_results.csv'), 'w', newline='', encoding='utf-8') as f:
             writer = csv.DictWriter(f, FIELDS, extrasaction='ignore')
             writer.writeheader()
             writer.writerows(rows)
+    if args.suite in ('na', 'all'):
         plot(rows, args.out_dir, args.metric)
         text = summary(rows, args.metric)
         with open(osp.join(args.out_dir, 'na_summary.md'), 'w', encoding='utf-8') as f:
