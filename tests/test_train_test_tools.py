@@ -8,6 +8,8 @@ import sys
 import pytest
 import torch
 
+from localattn.checkpoint import load_local_checkpoint
+
 ROOT = osp.dirname(osp.dirname(osp.abspath(__file__)))
 pytestmark = pytest.mark.slow
 
@@ -53,6 +55,12 @@ def _generate(out_dir):
     return osp.join(out_dir, 'cls')
 
 
+def _load(path):
+    """Load a Runner checkpoint weights-only, as the tools do after `import localattn`."""
+    import localattn  # noqa: F401  installs the allow-list
+    return load_local_checkpoint(str(path))
+
+
 def _run(script, *args, cwd):
     cmd = [sys.executable, osp.join(ROOT, 'tools', script), *args]
     proc = subprocess.run(cmd, cwd=cwd, capture_output=True, text=True, timeout=600,
@@ -71,12 +79,12 @@ def test_train_resume_test_cycle(tmp_path):
 
     _run('train.py', str(config), '--work-dir', str(work_dir), '--cfg-options', 'train_cfg.max_iters=2',
          cwd=str(elsewhere))
-    first = torch.load(work_dir / 'iter_2.pth', weights_only=True)
+    first = _load(work_dir / 'iter_2.pth')
     assert first['meta']['iter'] == 2
 
     log = _run('train.py', str(config), '--work-dir', str(work_dir), '--resume', cwd=str(elsewhere))
     assert 'resumed' in log.lower()
-    final = torch.load(work_dir / 'iter_4.pth', weights_only=True)
+    final = _load(work_dir / 'iter_4.pth')
     assert final['meta']['iter'] == 4
     # AdamW's per-parameter step counter continued from the resumed state: 2 + 2 steps.
     steps = {float(s['step']) for s in final['optimizer']['state'].values()}

@@ -58,6 +58,7 @@ def _history_buffer_statistic(owner: Any, name: str) -> Callable:
     allowing the real ``getattr`` would hand a checkpoint any attribute of any allowed object.
     """
     from mmengine.logging.history_buffer import HistoryBuffer
+    HistoryBuffer()  # the default statistics are registered by the first instance
     if owner is HistoryBuffer and name in HistoryBuffer._statistics_methods:
         return getattr(HistoryBuffer, name)
     raise pickle.UnpicklingError(
