@@ -11,10 +11,11 @@ It needs nothing but a C++ compiler: the source below is built once with ``$CXX`
 (no torch headers, builds in seconds). Without a compiler, when the build fails, or with
 ``LOCALATTN_NA_NATIVE=0``, :func:`library` returns ``None`` and the pure-torch tiles are used instead.
 
-Forward saves the log-sum-exp per (query, head) and nothing ``O(N k^n)``; backward recomputes the
-probabilities per query and scatters ``dk``/``dv`` when every thread owns whole (batch, head) slices,
-otherwise it runs a second pass per key over the queries whose window holds it (no races, no atomics).
-fp16/bf16 run in fp32 (inputs upcast), fp64 in fp64.
+Forward saves the log-sum-exp and the ``prod(k)`` neighbour probabilities per (query, head) (scalars,
+no copies of K/V); backward computes ``dP = dO . V`` per query, then ``dq`` and the RPB gradient, and
+scatters ``dk``/``dv`` when every thread owns whole (batch, head) slices; otherwise ``dk``/``dv`` come
+from a second pass per key over the queries whose window holds it (probabilities recomputed from the
+log-sum-exp). No races, no atomics. fp16/bf16 run in fp32 (inputs upcast), fp64 in fp64.
 """
 from __future__ import annotations
 
@@ -60,7 +61,7 @@ constexpr int V = 8;    // lanes of one segment (a run of neighbours along the l
 constexpr int G = 4;    // segments per dot-product group (independent accumulator chains)
 
 struct Geometry {
-  int64_t BH, H, N, NP, C, L[3], d[3], K[3], W[3], Lmax, R, M;
+  int64_t BH, H, N, NP, C, L[3], d[3], K[3], W[3], Lmax, R, M, PM;  // PM: neighbours per position
   const int64_t* tab;
   // Offsets of slice bh = b * H + h: rows (stride H * C per position), statistics (stride H), columns.
   int64_t rows(int64_t bh) const { return (bh / H) * N * H * C + (bh % H) * C; }
@@ -251,8 +252,8 @@ struct Scratch {
 
 template <typename T>
 struct Tensors {  // row tensors [B, N, H, C], statistics [B, N, H], transposed [B, H, C, NP]
-  const T *q, *k, *v, *rpb, *qt, *kt, *vt, *dout, *gt, *lse, *delta;
-  T *out, *lse_out, *dq, *dk, *dv;
+  const T *q, *k, *v, *rpb, *qt, *kt, *vt, *dout, *gt, *lse, *delta, *probs;
+  T *out, *lse_out, *probs_out, *dq, *dk, *dv;
   T scale;
 };
 
@@ -275,23 +276,15 @@ void forward(const Geometry& g, const Tensors<T>& t, int threads) {
       for (int64_t j = 0; j < m; ++j) sum += s[j];
       for (int64_t j = 0; j < m; ++j) s[j] /= sum;
       t.lse_out[g.stats(bh) + n * g.H] = m ? mx + std::log(sum) : T(INFINITY);
+      std::copy(s, s + m, t.probs_out + u * g.PM);
       weighted_rows(s, sc.idx.data(), m, t.v + g.rows(bh), stride, g.C, t.out + row);
     }
   });
 }
 
-// Probabilities P (in s) and dS (in w) of the m pairs gathered in sc; lse/delta per pair via stat().
-template <typename T, typename Stat>
-void pair_grads(const Geometry& g, const Tensors<T>& t, int64_t bh, int64_t m, Scratch<T>& sc, Stat stat) {
-  const T* bias = t.rpb ? t.rpb + (bh % g.H) * g.R : nullptr;
-  T *s = sc.s.data(), *dp = sc.p.data(), *w = sc.w.data();
-  for (int64_t j = 0; j < m; ++j) s[j] = s[j] * t.scale + (bias ? bias[sc.rel[j]] : T(0)) - t.lse[stat(j)];
-  exp_inplace(s, m);
-  for (int64_t j = 0; j < m; ++j) w[j] = s[j] * (dp[j] - t.delta[stat(j)]);
-}
-
-// Backward over each query's window: dq, the RPB gradient and, when `fused` (threads own whole
-// (batch, head) slices), dk and dv by scattering; otherwise dk/dv come from backward_key.
+// Backward over each query's window (saved probabilities): dq, the RPB gradient and, when `fused`
+// (threads own whole (batch, head) slices), dk and dv by scattering; otherwise dk/dv come from
+// backward_key.
 template <typename T>
 void backward_query(const Geometry& g, const Tensors<T>& t, T* drpb, bool fused, int threads) {
   const int64_t stride = g.H * g.C;
@@ -302,10 +295,10 @@ void backward_query(const Geometry& g, const Tensors<T>& t, T* drpb, bool fused,
     for (int64_t u = fused ? lo * g.N : lo; u < (fused ? hi * g.N : hi); ++u) {
       const int64_t bh = u / g.N, n = u % g.N, row = g.rows(bh) + n * stride, stat = g.stats(bh) + n * g.H;
       const int64_t ns = key_segments(g, n, sc.seg.data());
-      const int64_t m = segment_dots<T, true>(g, sc.seg.data(), ns, t.q + row, t.kt + g.cols(bh), t.dout + row,
-                                              t.vt + g.cols(bh), sc.s.data(), sc.p.data(), sc.idx.data(),
-                                              sc.rel.data());
-      pair_grads(g, t, bh, m, sc, [&](int64_t) { return stat; });
+      const int64_t m = segment_dots<T, false>(g, sc.seg.data(), ns, t.dout + row, t.vt + g.cols(bh), nullptr,
+                                               nullptr, sc.p.data(), nullptr, sc.idx.data(), sc.rel.data());
+      const T* prob = t.probs + u * g.PM;
+      for (int64_t j = 0; j < m; ++j) sc.s[j] = prob[j], sc.w[j] = prob[j] * (sc.p[j] - t.delta[stat]);
       if (drpb) {
         T* db = part[thread].data() + (bh % g.H) * g.R;
         for (int64_t j = 0; j < m; ++j) db[sc.rel[j]] += sc.w[j];
@@ -338,7 +331,12 @@ void backward_key(const Geometry& g, const Tensors<T>& t, int threads) {
       const int64_t m = segment_dots<T, true>(g, sc.seg.data(), ns, t.k + row, t.qt + g.cols(bh), t.v + row,
                                               t.gt + g.cols(bh), sc.s.data(), sc.p.data(), sc.idx.data(),
                                               sc.rel.data());
-      pair_grads(g, t, bh, m, sc, [&](int64_t j) { return stats + sc.idx[j] * g.H; });
+      const T* bias = t.rpb ? t.rpb + (bh % g.H) * g.R : nullptr;
+      T *s = sc.s.data(), *dp = sc.p.data(), *w = sc.w.data();
+      for (int64_t j = 0; j < m; ++j)
+        s[j] = s[j] * t.scale + (bias ? bias[sc.rel[j]] : T(0)) - t.lse[stats + sc.idx[j] * g.H];
+      exp_inplace(s, m);  // P
+      for (int64_t j = 0; j < m; ++j) w[j] = s[j] * (dp[j] - t.delta[stats + sc.idx[j] * g.H]);  // dS
       for (int64_t j = 0; j < m; ++j) sc.w[j] *= t.scale;
       weighted_rows(sc.w.data(), sc.idx.data(), m, t.q + g.rows(bh), stride, g.C, t.dk + row);
       weighted_rows(sc.s.data(), sc.idx.data(), m, t.dout + g.rows(bh), stride, g.C, t.dv + row);
@@ -352,30 +350,34 @@ Geometry make_geometry(const int64_t* meta, const int64_t* tab) {
   g.BH = meta[0], g.H = meta[1], g.N = meta[2], g.NP = meta[3], g.C = meta[4];
   for (int a = 0; a < 3; ++a)
     g.L[a] = meta[5 + a], g.d[a] = meta[8 + a], g.K[a] = meta[11 + a], g.W[a] = 2 * g.K[a] - 1;
-  g.Lmax = meta[14], g.M = meta[15] + G, g.R = g.W[0] * g.W[1] * g.W[2], g.tab = tab;
+  g.Lmax = meta[14], g.PM = meta[15], g.M = meta[15] + G, g.R = g.W[0] * g.W[1] * g.W[2], g.tab = tab;
   return g;
 }
 
 }  // namespace
 
-// Forward: out [B, N, H, C] and lse [B, N, H] from q, v [B, N, H, C] and kt [B, H, C, NP].
+// Forward: out [B, N, H, C], lse [B, N, H] and the neighbour probabilities probs [B, H, N, PM] from
+// q, v [B, N, H, C] and kt [B, H, C, NP].
 // Backward: dq, dk, dv [B, N, H, C] and drpb (when rpb is given). With qt and gt (transposed q and
 // dout) dk/dv are computed per key; with qt == gt == null, dk/dv must be zero-initialised and threads
 // owning whole (batch, head) slices scatter into them.
 #define NA_EXPORT(T, SUFFIX)                                                                                  \
   extern "C" void na_forward_##SUFFIX(const int64_t* meta, const int64_t* tab, const T* q, const T* kt,        \
-                                      const T* v, const T* rpb, double scale, T* out, T* lse, int threads) {  \
+                                      const T* v, const T* rpb, double scale, T* out, T* lse, T* probs,        \
+                                      int threads) {                                                          \
     Tensors<T> t{};                                                                                           \
-    t.q = q, t.kt = kt, t.v = v, t.rpb = rpb, t.out = out, t.lse_out = lse, t.scale = T(scale);               \
+    t.q = q, t.kt = kt, t.v = v, t.rpb = rpb, t.out = out, t.lse_out = lse, t.probs_out = probs;              \
+    t.scale = T(scale);                                                                                       \
     forward<T>(make_geometry(meta, tab), t, threads);                                                         \
   }                                                                                                           \
   extern "C" void na_backward_##SUFFIX(const int64_t* meta, const int64_t* tab, const T* q, const T* qt,       \
                                        const T* k, const T* kt, const T* v, const T* vt, const T* rpb,         \
-                                       double scale, const T* lse, const T* dout, const T* gt, const T* delta, \
-                                       T* dq, T* dk, T* dv, T* drpb, int threads) {                            \
+                                       double scale, const T* lse, const T* probs, const T* dout, const T* gt,  \
+                                       const T* delta, T* dq, T* dk, T* dv, T* drpb, int threads) {            \
     const Geometry g = make_geometry(meta, tab);                                                              \
     Tensors<T> t{};                                                                                           \
-    t.q = q, t.qt = qt, t.k = k, t.kt = kt, t.v = v, t.vt = vt, t.rpb = rpb, t.lse = lse, t.dout = dout;      \
+    t.q = q, t.qt = qt, t.k = k, t.kt = kt, t.v = v, t.vt = vt, t.rpb = rpb, t.lse = lse, t.probs = probs;    \
+    t.dout = dout;                                                                                            \
     t.gt = gt, t.delta = delta, t.dq = dq, t.dk = dk, t.dv = dv, t.scale = T(scale);                          \
     const bool fused = qt == nullptr;                                                                         \
     backward_query<T>(g, t, drpb, fused, threads);                                                            \
@@ -422,8 +424,8 @@ def library() -> ctypes.CDLL | None:
         return None
     ptr, i32, f64 = ctypes.c_void_p, ctypes.c_int, ctypes.c_double
     for suffix in ('f32', 'f64'):
-        getattr(lib, f'na_forward_{suffix}').argtypes = [ptr] * 6 + [f64, ptr, ptr, i32]
-        getattr(lib, f'na_backward_{suffix}').argtypes = [ptr] * 9 + [f64] + [ptr] * 8 + [i32]
+        getattr(lib, f'na_forward_{suffix}').argtypes = [ptr] * 6 + [f64] + [ptr] * 3 + [i32]
+        getattr(lib, f'na_backward_{suffix}').argtypes = [ptr] * 9 + [f64] + [ptr] * 9 + [i32]
     return lib
 
 
@@ -499,11 +501,12 @@ class _NativeNA(torch.autograd.Function):
         meta = torch.tensor((b * h, h, n, n + PAD, c, *plan.meta), dtype=torch.long)
         out = torch.empty_like(q)
         lse = q.new_empty(b, n, h)
+        probs = q.new_empty(b, h, n, plan.meta[-1])  # neighbour probabilities (padded to the most neighbours)
         lib = library()
         fn = lib.na_forward_f64 if dtype == torch.float64 else lib.na_forward_f32
         fn(_ptr(meta), _ptr(plan.tab), _ptr(q), _ptr(kt), _ptr(v), _ptr(bias), scale, _ptr(out), _ptr(lse),
-           torch.get_num_threads())
-        ctx.save_for_backward(q, k, kt, v, bias, out, lse, meta)
+           _ptr(probs), torch.get_num_threads())
+        ctx.save_for_backward(q, k, kt, v, bias, out, lse, probs, meta)
         ctx.plan, ctx.scale, ctx.shape = plan, scale, query.shape
         ctx.dtypes = query.dtype, None if rpb is None else rpb.dtype
         return _unrows(out, query.shape, query.dtype, plan.inverse)
@@ -511,7 +514,7 @@ class _NativeNA(torch.autograd.Function):
     @staticmethod
     @torch.autograd.function.once_differentiable
     def backward(ctx, grad_out: Tensor):
-        q, k, kt, v, bias, out, lse, meta = ctx.saved_tensors
+        q, k, kt, v, bias, out, lse, probs, meta = ctx.saved_tensors
         plan, threads = ctx.plan, torch.get_num_threads()
         grad = _rows(grad_out, plan.perm, q.dtype)
         delta = (grad * out).sum(-1)
@@ -527,8 +530,8 @@ class _NativeNA(torch.autograd.Function):
         lib = library()
         fn = lib.na_backward_f64 if q.dtype == torch.float64 else lib.na_backward_f32
         fn(_ptr(meta), _ptr(plan.tab), _ptr(q), _ptr(qt), _ptr(k), _ptr(kt), _ptr(v), _ptr(vt), _ptr(bias),
-           ctx.scale, _ptr(lse), _ptr(grad), _ptr(gt), _ptr(delta), _ptr(dq), _ptr(dk), _ptr(dv), _ptr(d_bias),
-           threads)
+           ctx.scale, _ptr(lse), _ptr(probs), _ptr(grad), _ptr(gt), _ptr(delta), _ptr(dq), _ptr(dk), _ptr(dv),
+           _ptr(d_bias), threads)
         dtype, bias_dtype = ctx.dtypes
         grads = (_unrows(x, ctx.shape, dtype, plan.inverse) for x in (dq, dk, dv))
         return (*grads, None if d_bias is None else d_bias.to(bias_dtype), None, None)
