@@ -89,6 +89,12 @@ def _adapt_to_device(cfg: Config) -> None:
         dist_cfg = env_cfg.setdefault('dist_cfg', {})
         if dist_cfg.get('backend', 'nccl') == 'nccl':
             dist_cfg['backend'] = 'gloo'
+        # mmengine wraps DDP with device_ids=[LOCAL_RANK], which DDP rejects for CPU modules.
+        wrapper_cfg = cfg.get('model_wrapper_cfg') or dict(
+            type='MMDistributedDataParallel', broadcast_buffers=False,
+            find_unused_parameters=cfg.get('find_unused_parameters', False))
+        wrapper_cfg['device_ids'] = None
+        cfg.model_wrapper_cfg = wrapper_cfg
         _init_cpu_process_group(dist_cfg['backend'])
 
 
