@@ -20,6 +20,8 @@ import sys
 import pytest
 import torch
 
+import localattn  # noqa: F401,E402  installs the weights-only allow-list used by torch.load below
+
 ROOT = osp.dirname(osp.dirname(osp.abspath(__file__)))
 TOOLS = osp.join(ROOT, 'tools')
 DEMO_CONFIGS = osp.join(ROOT, 'configs', '_demo_')

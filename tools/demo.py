@@ -41,7 +41,7 @@ DET_CONFIG = osp.join(ROOT, 'configs', '_demo_', 'mask-rcnn_nat-demo_fpn_synthet
 #: widths were tuned so that the full demo stays under 10 minutes on 2 idle CPU cores.
 PROFILES = {
     'full': dict(num_train=256, num_val=48, size=128, seed=0,
-                 seg_iters=300, seg_val_interval=100, det_iters=400, det_val_interval=200,
+                 seg_iters=600, seg_val_interval=200, det_iters=600, det_val_interval=300,
                  num_pictures=8),
     'quick': dict(num_train=8, num_val=4, size=128, seed=0,
                   seg_iters=4, seg_val_interval=4, det_iters=4, det_val_interval=4,
@@ -89,7 +89,9 @@ class StepFailed(RuntimeError):
 
 class Demo:
 
-    def __init__(self, work_dir: str, data_root: str, profile: dict, verbose: bool = False):
+    def __init__(self, work_dir: str, data_root: str, profile: dict, verbose: bool = False,
+                 threads: Optional[int] = None):
+        self.threads = threads
         self.work_dir = osp.abspath(work_dir)
         self.data_root = osp.abspath(data_root)
         self.profile = profile
@@ -106,6 +108,8 @@ class Demo:
         """Run ``cmd``, echo its progress lines, log everything; raise StepFailed on error."""
         log_file = osp.join(self.log_dir, f'{name}.log')
         env = dict(os.environ, PYTHONUNBUFFERED='1')
+        if self.threads:
+            env.update(OMP_NUM_THREADS=str(self.threads), MKL_NUM_THREADS=str(self.threads))
         env.setdefault('MPLBACKEND', 'Agg')
         print('$ ' + ' '.join(osp.relpath(c, os.getcwd()) if osp.isabs(c) and c.startswith(ROOT)
                               else c for c in cmd[1:]), flush=True)
@@ -194,6 +198,23 @@ class Demo:
         return out
 
 
+def auto_threads() -> int:
+    """Intra-op threads for the subprocesses: the CPU cores not busy with other work.
+
+    PyTorch's OpenMP threads spin-wait; on cores that other processes also use they slow down by
+    several times, so a busy machine gets fewer threads than it has cores.
+    """
+    try:
+        cores = len(os.sched_getaffinity(0))
+    except AttributeError:  # not Linux
+        cores = os.cpu_count() or 1
+    try:
+        busy = os.getloadavg()[0]
+    except OSError:
+        busy = 0.0
+    return max(1, min(cores, int(cores - busy + 0.5)))
+
+
 def _shorten(line: str, width: int = 220) -> str:
     line = re.sub(r'^\d{2}/\d{2} \d{2}:\d{2}:\d{2} - mmengine - \w+ - ', '', line)
     return line if len(line) <= width else line[:width - 4] + ' ...\n'
@@ -235,6 +256,9 @@ def parse_args(argv=None):
     parser.add_argument('--quick', action='store_true',
                         help='a few iterations on a few images (smoke test; scores are meaningless)')
     parser.add_argument('--verbose', action='store_true', help='stream the full subprocess output')
+    parser.add_argument('--threads', type=int,
+                        help='OMP_NUM_THREADS of the training/testing processes (default: '
+                        '$OMP_NUM_THREADS if set, else the number of idle CPU cores)')
     return parser.parse_args(argv)
 
 
@@ -242,10 +266,14 @@ def main(argv=None) -> int:
     args = parse_args(argv)
     profile_name = 'quick' if args.quick else 'full'
     profile = PROFILES[profile_name]
-    demo = Demo(args.work_dir, args.data_root, profile, verbose=args.verbose)
+    threads = args.threads
+    if threads is None and not os.environ.get('OMP_NUM_THREADS'):
+        threads = auto_threads()
+    demo = Demo(args.work_dir, args.data_root, profile, verbose=args.verbose, threads=threads)
     wd = demo.work_dir
     start = time.time()
-    print(f'localattn demo ({profile_name}): outputs in {wd}', flush=True)
+    print(f'localattn demo ({profile_name}): outputs in {wd}; '
+          f'{threads or os.environ.get("OMP_NUM_THREADS")} thread(s) per process', flush=True)
     try:
         meta = demo.generate_data()
 
@@ -290,7 +318,8 @@ def main(argv=None) -> int:
     rel = _display_path
     summary = dict(
         profile=profile_name,
-        settings=dict(profile, seg_config=rel(SEG_CONFIG), det_config=rel(DET_CONFIG),
+        settings=dict(profile, threads=threads or os.environ.get('OMP_NUM_THREADS'),
+                      seg_config=rel(SEG_CONFIG), det_config=rel(DET_CONFIG),
                       data_root=rel(demo.data_root),
                       val_images=meta.get('params', {}).get('num_val')),
         scores=scores,

@@ -1,6 +1,6 @@
 """QnA suite of the attention benchmark: time and peak memory versus window size.
 
-    python tools/analysis_tools/benchmark_attention.py --suite qna --repeats 3
+    python tools/analysis_tools/benchmark_attention.py --suite qna --threads 1 --metric cpu_min_ms --repeats 3
     python tools/analysis_tools/benchmark_qna_suite.py --repeats 3 --qna-kernels 3 7 13  # standalone
 
 Shapes (NAT-mini stage 1 / QnA-ViT stage 1 like): batch ``--batch`` (2), ``--heads`` (2) heads of
@@ -18,11 +18,14 @@ Methods (``op`` = the attention core on heads-last maps, ``layer`` = with its pr
   sasa-layer  the same with a bias-free qkv projection (C -> 3C) and an output projection.
   na-tiled    ``localattn.ops.na2d(backend='tiled')`` with its RPB (neighbourhood attention, same k).
 
-Every case runs in a fresh interpreter (``bench_utils.run_isolated``); CPU peak memory is the growth
-of the process' peak resident set during the first (warm-up) run, so it includes one-off allocations
-(oneDNN kernels, thread pools), the same for every method. Cases whose estimated memory exceeds
-``--mem-budget-gb`` are recorded as skipped. Writes ``qna_results.csv``, ``qna_summary.md`` (tables
-and acceptance ratios) and ``qna_time.png`` / ``qna_memory.png`` to ``--out-dir``.
+Every case runs in a fresh interpreter (``bench_utils.run_isolated``) with ``--threads`` intra-op
+threads and records wall and CPU time (median and best of ``--repeats``, fewer past ``--max-seconds``);
+``--metric`` picks the time shown in the summary and plots (on a shared machine ``--threads 1
+--metric cpu_min_ms`` is the stable choice). CPU peak memory is the growth of the process' peak resident
+set during the first (warm-up) run, so it includes one-off allocations (oneDNN kernels, thread pools),
+the same for every method. Cases whose estimated memory exceeds ``--mem-budget-gb`` are recorded as
+skipped. Writes ``qna_results.csv``, ``qna_summary.md`` (tables and acceptance ratios) and
+``qna_time.png`` / ``qna_memory.png`` to ``--out-dir``.
 """
 from __future__ import annotations
 
@@ -46,8 +49,11 @@ QNA_RESOLUTIONS = (56, 112)
 QNA_KERNELS = (3, 5, 7, 9, 11, 13, 15)
 NUM_QUERIES = 2
 MODES = ('forward', 'train')
-FIELDS = ('method', 'resolution', 'kernel', 'mode', 'status', 'time_ms', 'time_min_ms', 'peak_mem_mb', 'batch',
-          'heads', 'head_dim', 'num_queries', 'dtype', 'device', 'note')
+FIELDS = ('method', 'resolution', 'kernel', 'mode', 'status', 'time_ms', 'time_min_ms', 'cpu_ms', 'cpu_min_ms',
+          'peak_mem_mb', 'repeats', 'batch', 'heads', 'head_dim', 'num_queries', 'dtype', 'device', 'threads',
+          'note')
+METRICS = {'time_min_ms': 'wall time, best of repeats (ms)', 'time_ms': 'wall time, median (ms)',
+           'cpu_min_ms': 'CPU time, best of repeats (ms)', 'cpu_ms': 'CPU time, median (ms)'}
 DTYPES = {'float32': torch.float32, 'float16': torch.float16, 'bfloat16': torch.bfloat16}
 
 
@@ -125,15 +131,17 @@ def build_case(method: str, resolution: int, kernel: int, batch: int, heads: int
 
 
 def run_case(method: str, resolution: int, kernel: int, mode: str, batch: int, heads: int, head_dim: int,
-             dtype: str, device: str, repeats: int) -> dict:
+             dtype: str, device: str, threads: int, repeats: int, max_seconds: float) -> dict:
     """One measurement (meant to run in a fresh interpreter via ``run_isolated``)."""
+    torch.set_num_threads(threads)
     torch.manual_seed(0)
 
     def build():
         return build_case(method, resolution, kernel, batch, heads, head_dim, DTYPES[dtype], torch.device(device))
 
     try:
-        return measure_case(build, backward=mode == 'train', device=device, repeats=repeats)
+        return measure_case(build, backward=mode == 'train', device=device, repeats=repeats,
+                            max_seconds=max_seconds)
     except NotImplementedError as err:
         return dict(status='skipped', note=f'not implemented: {err}'[:300])
 
@@ -164,24 +172,26 @@ def run_qna_suite(args: argparse.Namespace) -> list[dict]:
         writer = csv.DictWriter(f, FIELDS, extrasaction='ignore')
         writer.writeheader()
         writer.writerows(rows)
-    text = summary(rows)
+    text = summary(rows, args.metric)
     with open(osp.join(args.out_dir, 'qna_summary.md'), 'w', encoding='utf-8') as f:
         f.write(text + '\n')
-    plot(rows, args.out_dir)
+    plot(rows, args.out_dir, args.metric)
     print(text)
     return rows
 
 
 def _run_row(args: argparse.Namespace, method: str, resolution: int, kernel: int, mode: str) -> dict:
     row = dict(method=method, resolution=resolution, kernel=kernel, mode=mode, batch=args.batch, heads=args.heads,
-               head_dim=args.head_dim, num_queries=NUM_QUERIES, dtype=args.dtype, device=args.device)
+               head_dim=args.head_dim, num_queries=NUM_QUERIES, dtype=args.dtype, device=args.device,
+               threads=args.threads)
     need = estimate_bytes(method, resolution, kernel, args.batch, args.heads, args.head_dim, mode)
     if need > args.mem_budget_gb * 2 ** 30:
         row.update(status='skipped', note=f'estimated {need / 2 ** 30:.1f} GB > budget {args.mem_budget_gb} GB')
         return row
     kwargs = {k: row[k] for k in ('method', 'resolution', 'kernel', 'mode', 'batch', 'heads', 'head_dim',
-                                  'dtype', 'device')}
-    row.update(run_isolated(osp.abspath(__file__), 'run_case', dict(kwargs, repeats=args.repeats), args.timeout))
+                                  'dtype', 'device', 'threads')}
+    row.update(run_isolated(osp.abspath(__file__), 'run_case',
+                            dict(kwargs, repeats=args.repeats, max_seconds=args.max_seconds), args.timeout))
     return row
 
 
@@ -189,7 +199,8 @@ def _format(row: dict) -> str:
     head = f"{row['method']:>11s} {row['resolution']:>4d}px k{row['kernel']:<3d} {row['mode']:>8s}"
     if row.get('status') != 'ok':
         return f"{head}  {row.get('status')}: {row.get('note', '')}"
-    return f"{head}  {row['time_ms']:10.2f} ms (best {row['time_min_ms']:.2f})  {row['peak_mem_mb']:9.1f} MB"
+    return (f"{head}  {row['time_ms']:10.2f} ms (best {row['time_min_ms']:.2f}, cpu best {row['cpu_min_ms']:.2f})"
+            f"  {row['peak_mem_mb']:9.1f} MB")
 
 
 def _value(rows: list[dict], method: str, resolution: int, kernel: int, mode: str, key: str) -> float | None:
@@ -220,16 +231,17 @@ def _ratio_line(label: str, numerator: float | None, denominator: float | None, 
     return f"- {label}: {numerator:.1f} / {denominator:.1f} = **{ratio:.2f}x** ({bound}: {'PASS' if ok else 'FAIL'})"
 
 
-def summary(rows: list[dict]) -> str:
-    """Markdown tables (best time, peak memory) and the acceptance ratios."""
+def summary(rows: list[dict], metric: str) -> str:
+    """Markdown tables (``metric`` time, peak memory) and the acceptance ratios."""
     resolutions = sorted({r['resolution'] for r in rows})
     kernels = sorted({r['kernel'] for r in rows})
-    lines = []
+    threads = sorted({r['threads'] for r in rows})
+    lines = [f'Time: {METRICS[metric]}; intra-op threads: {threads}; memory: peak RSS growth (MB).']
     for resolution in resolutions:
         for mode in MODES:
             what = 'fwd+bwd' if mode == 'train' else 'forward'
-            lines += ['', f'### {resolution}x{resolution}, {what}: time, best of repeats (ms)', '']
-            lines += _table(rows, 'time_min_ms', mode, resolution)
+            lines += ['', f'### {resolution}x{resolution}, {what}: {METRICS[metric]}', '']
+            lines += _table(rows, metric, mode, resolution)
             lines += ['', f'### {resolution}x{resolution}, {what}: peak memory growth (MB)', '']
             lines += _table(rows, 'peak_mem_mb', mode, resolution)
     lines += ['', '### Acceptance ratios', '']
@@ -247,7 +259,7 @@ def summary(rows: list[dict]) -> str:
             for mode in MODES:
                 what = 'fwd+bwd' if mode == 'train' else 'forward'
                 for ours, theirs in (('qna', 'sasa'), ('qna-layer', 'sasa-layer')):
-                    for key, label, target in (('time_min_ms', 'time', 5), ('peak_mem_mb', 'memory', 10)):
+                    for key, label, target in ((metric, 'time', 5), ('peak_mem_mb', 'memory', 10)):
                         lines.append(_ratio_line(
                             f'{resolution}px {what} k=13 {label} {theirs} / {ours}',
                             _value(rows, theirs, resolution, 13, mode, key),
@@ -255,14 +267,14 @@ def summary(rows: list[dict]) -> str:
     return '\n'.join(lines).lstrip('\n')
 
 
-def plot(rows: list[dict], out_dir: str) -> None:
-    """Write ``qna_time.png`` and ``qna_memory.png``: one panel per (resolution, mode), log y."""
+def plot(rows: list[dict], out_dir: str, metric: str) -> None:
+    """Write ``qna_time.png`` (``metric``) and ``qna_memory.png``: one panel per (resolution, mode), log y."""
     import matplotlib
     matplotlib.use('Agg')
     import matplotlib.pyplot as plt
 
     resolutions = sorted({r['resolution'] for r in rows})
-    for name, key, ylabel in (('qna_time.png', 'time_min_ms', 'time, best of repeats (ms)'),
+    for name, key, ylabel in (('qna_time.png', metric, METRICS[metric]),
                               ('qna_memory.png', 'peak_mem_mb', 'peak memory growth (MB)')):
         fig, axes = plt.subplots(len(resolutions), len(MODES), figsize=(9, 3.2 * len(resolutions)), dpi=80,
                                  squeeze=False)
@@ -297,6 +309,9 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     parser.add_argument('--device', default='cpu')
     parser.add_argument('--dtype', choices=tuple(DTYPES), default='float32')
     parser.add_argument('--repeats', type=int, default=5)
+    parser.add_argument('--max-seconds', type=float, default=60.0, help='time budget of the repeats of one case')
+    parser.add_argument('--metric', choices=tuple(METRICS), default='time_min_ms', help='time shown in plots/summary')
+    parser.add_argument('--threads', type=int, default=torch.get_num_threads(), help='torch intra-op threads')
     parser.add_argument('--mem-budget-gb', type=float, default=8.0, help='skip cases estimated above this')
     parser.add_argument('--timeout', type=float, default=600.0, help='seconds per case before giving up')
     parser.add_argument('--out-dir', default='work_dirs/benchmarks/attention')

@@ -49,6 +49,8 @@ __all__ = ['qna2d']
 #: windows, while for larger ones its scratch grows with k and beyond 13 it falls back to a GEMM
 #: several times slower (oneDNN), so :class:`_DepthwiseConv2d` takes over.
 NATIVE_WEIGHT_GRAD_MAX_KERNEL = 5
+#: Channels per call of :func:`_depthwise_weight_grad` (one AVX-512 block of oneDNN's kernel).
+WEIGHT_GRAD_CHUNK = 16
 
 
 def _check_inputs(logits: Tensor, value: Tensor, rpb: Tensor, scale_weights: Tensor,
@@ -96,7 +98,8 @@ def _depthwise_weight_grad(x: Tensor, grad: Tensor, kernel_size: int, stride: in
 
     ``dK[c, o] = sum_{b, i} G[b, c, i] * x[b, c, s * i + o - p]``: the maps ``x`` (one channel per
     ``(b, c)``) correlated with the output gradient ``G`` used as a (dilation ``s``) kernel, then summed
-    over the batch. Memory: a zero-padded copy of ``x`` and a copy of ``G``; no ``k * k`` factor.
+    over the batch. Runs over chunks of ``WEIGHT_GRAD_CHUNK`` channels, so the copies it needs (a
+    zero-padded ``x``, ``G`` as a kernel, oneDNN's blocked reorders) stay a fraction of one map.
 
     Args:
         x: ``[B, C, H, W]``. grad: ``[B, C, H', W']``.
@@ -105,14 +108,19 @@ def _depthwise_weight_grad(x: Tensor, grad: Tensor, kernel_size: int, stride: in
         ``[C, 1, k, k]``.
     """
     batch, channels, height, width = x.shape
-    # Zero-padded NCHW copy: oneDNN's direct depthwise kernel rejects large implicit padding.
-    maps = x.new_zeros(1, batch * channels, height + 2 * padding, width + 2 * padding)
-    maps.view(batch, channels, *maps.shape[-2:])[:, :, padding:padding + height,
-                                                 padding:padding + width] = x
-    kernels = grad.reshape(batch * channels, 1, *grad.shape[-2:])
-    corr = F.conv2d(maps, kernels, dilation=stride, groups=batch * channels)
-    corr = corr[0, :, :kernel_size, :kernel_size]      # stride 2 on even maps yields k + 1 lags
-    return corr.reshape(batch, channels, kernel_size, kernel_size).sum(0).unsqueeze(1)
+    chunks = []
+    for start in range(0, channels, WEIGHT_GRAD_CHUNK):
+        part = x[:, start:start + WEIGHT_GRAD_CHUNK]
+        groups = batch * part.shape[1]
+        # Zero-padded NCHW copy: oneDNN's direct depthwise kernel rejects large implicit padding.
+        maps = x.new_zeros(1, groups, height + 2 * padding, width + 2 * padding)
+        maps.view(batch, part.shape[1], *maps.shape[-2:])[:, :, padding:padding + height,
+                                                          padding:padding + width] = part
+        kernels = grad[:, start:start + WEIGHT_GRAD_CHUNK].reshape(groups, 1, *grad.shape[-2:])
+        corr = F.conv2d(maps, kernels, dilation=stride, groups=groups)
+        corr = corr[0, :, :kernel_size, :kernel_size]  # stride 2 on even maps yields k + 1 lags
+        chunks.append(corr.reshape(batch, -1, kernel_size, kernel_size).sum(0))
+    return torch.cat(chunks).unsqueeze(1)
 
 
 class _DepthwiseConv2d(torch.autograd.Function):
