@@ -41,7 +41,7 @@ DET_CONFIG = osp.join(ROOT, 'configs', '_demo_', 'mask-rcnn_nat-demo_fpn_synthet
 #: widths were tuned so that the full demo stays under 10 minutes on 2 idle CPU cores.
 PROFILES = {
     'full': dict(num_train=256, num_val=48, size=128, seed=0,
-                 seg_iters=600, seg_val_interval=200, det_iters=600, det_val_interval=300,
+                 seg_iters=1000, seg_val_interval=250, det_iters=600, det_val_interval=300,
                  num_pictures=8),
     'quick': dict(num_train=8, num_val=4, size=128, seed=0,
                   seg_iters=4, seg_val_interval=4, det_iters=4, det_val_interval=4,

@@ -67,7 +67,7 @@ class NeighborhoodAttention2d(nn.Module):
             qkv = F.pad(qkv, (0, 0, 0, 0, 0, 0, 0, pad_w, 0, pad_h))
         q, k, v = qkv.unbind(3)
         out = na2d(q, k, v, self.kernel_size, dilation=self.dilation, rpb=self.rpb,
-                   valid_size=(height, width) if pad_h or pad_w else None,
+                   valid_size=(int(height), int(width)) if pad_h or pad_w else None,
                    dropout_p=self.attn_drop.p if self.training else 0.0, backend=self.backend)
         out = out[:, :height, :width].reshape(b, height, width, c)
         return self.proj_drop(self.proj(out))
