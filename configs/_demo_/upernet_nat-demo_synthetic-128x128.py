@@ -140,7 +140,7 @@ test_evaluator = val_evaluator
 # fp32 OptimWrapper (CPU), linear warm-up then poly decay.
 optim_wrapper = dict(
     type='OptimWrapper',
-    optimizer=dict(type='AdamW', lr=3e-3, betas=(0.9, 0.999), weight_decay=0.01),
+    optimizer=dict(type='AdamW', lr=2e-3, betas=(0.9, 0.999), weight_decay=0.01),
     paramwise_cfg=dict(custom_keys={
         'rpb': dict(decay_mult=0.),
         'relative_position_bias_table': dict(decay_mult=0.),
