@@ -215,11 +215,19 @@ def _qna2d_exp_space(logits: Tensor, value: Tensor, rpb: Tensor, scale_weights: 
 
     underflow = den < math.exp(-fallback_margin)                         # [B, H', W', L, h]
     ratio = num * den.masked_fill(underflow, 1.0).reciprocal()[..., None]  # [B, H', W', L, h, d]
-    if underflow.any():
+
+    def with_fallback(ratio, underflow, logits, value, rpb, scale_weights):
         index = underflow.nonzero(as_tuple=True)
         exact = _window_softmax(logits, value, rpb, scale_weights, index, kernel_size, stride)
-        ratio = ratio.index_put(index, exact)
-    return ratio.sum(dim=3)
+        return ratio.index_put(index, exact).sum(dim=3)
+
+    def without_fallback(ratio, *_):
+        return ratio.sum(dim=3)
+
+    operands = (ratio, underflow, logits, value, rpb, scale_weights)
+    if torch.compiler.is_compiling():  # torch.compile / export: the data-dependent branch as torch.cond
+        return torch.cond(underflow.any(), with_fallback, without_fallback, operands)
+    return with_fallback(*operands) if underflow.any() else without_fallback(*operands)
 
 
 def qna2d(logits: Tensor, value: Tensor, rpb: Tensor, scale_weights: Tensor, *,

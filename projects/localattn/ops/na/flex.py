@@ -16,6 +16,7 @@ import torch
 from torch import Tensor
 from torch.nn.attention.flex_attention import BlockMask, flex_attention
 
+from ..caching import table_cache
 from .indexing import AxisSpec, axis_windows
 from .reference import neighbour_table
 
@@ -29,7 +30,7 @@ def _coords(axes: tuple[AxisSpec, ...]) -> Callable[[Tensor], list[Tensor]]:
     return lambda idx: [(idx // s) % n for s, n in zip(strides, lengths)]
 
 
-@functools.lru_cache(maxsize=32)
+@table_cache(maxsize=32)
 def block_mask(axes: tuple[AxisSpec, ...], device: torch.device) -> BlockMask:
     """Block mask (batch/head broadcast) whose ``mask_mod`` is the NA window rule."""
     coords = _coords(axes)

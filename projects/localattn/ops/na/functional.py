@@ -84,9 +84,16 @@ def _check_rpb(rpb: Tensor | None, query: Tensor, axes: tuple[AxisSpec, ...]) ->
         raise ValueError(f'rpb requires stride 1 on every axis, got stride {tuple(ax.stride for ax in axes)}')
 
 
+@torch.compiler.assume_constant_result
 def natten_available() -> bool:
     """Whether the optional ``natten`` package is importable."""
     return importlib.util.find_spec('natten') is not None
+
+
+@torch.compiler.assume_constant_result
+def native_available() -> bool:
+    """Whether the compiled CPU kernel of :mod:`.native` is available (builds it on first call)."""
+    return native.library() is not None
 
 
 def _natten(query: Tensor, key: Tensor, value: Tensor, axes: tuple[AxisSpec, ...], scale: float) -> Tensor:
@@ -103,6 +110,12 @@ def _resolve_backend(backend: str, query: Tensor, rpb: Tensor | None, axes: tupl
         raise ValueError(f'backend must be one of {BACKENDS}, got {backend!r}')
     plain = rpb is None and dropout_p == 0 and all(ax.valid is None for ax in axes)
     if backend == 'auto':
+        if torch.compiler.is_exporting():  # torch.export / ONNX: plain aten ops only
+            return 'reference'
+        if torch.compiler.is_compiling():  # the tiled autograd Function does not trace: custom op or reference
+            if query.device.type == 'cpu':
+                return 'tiled' if dropout_p == 0 and native_available() else 'reference'
+            return 'flex' if dropout_p == 0 and query.dtype != torch.float64 else 'reference'
         if query.device.type != 'cuda' or dropout_p > 0 or query.dtype == torch.float64:
             return 'tiled'
         return 'natten' if plain and natten_available() else 'flex'
@@ -132,7 +145,7 @@ def _na(n: int, query: Tensor, key: Tensor, value: Tensor, kernel_size: IntArg, 
     if backend == 'reference':
         return na_reference(query, key, value, axes, rpb, scale, dropout_p)
     if backend == 'tiled':
-        if dropout_p == 0 and query.device.type == 'cpu' and native.library() is not None:
+        if dropout_p == 0 and query.device.type == 'cpu' and native_available():
             return native.na_native(query, key, value, axes, rpb, scale)
         return na_tiled(query, key, value, axes, rpb, scale, dropout_p)
     if backend == 'flex':

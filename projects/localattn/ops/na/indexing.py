@@ -19,12 +19,13 @@ dilated steps shifted into ``[0, 2k - 2]``).
 """
 from __future__ import annotations
 
-import functools
 from dataclasses import dataclass
 from typing import NamedTuple
 
 import torch
 from torch import Tensor
+
+from ..caching import table_cache
 
 
 @dataclass(frozen=True)
@@ -55,7 +56,7 @@ class AxisWindows(NamedTuple):
     rel: Tensor  # RPB index of the first window key, in [0, 2k - 2]
 
 
-@functools.lru_cache(maxsize=256)
+@table_cache(maxsize=256)
 def axis_windows(spec: AxisSpec) -> AxisWindows:
     """Return the per-query window (first key, key count, first RPB index) along one axis."""
     length, k, d, s = spec.length, spec.kernel, spec.dilation, spec.stride
@@ -92,7 +93,7 @@ class AxisTiles(NamedTuple):
     rel: Tensor  # [n, tile, halo] int64 RPB index along this axis (0 where masked)
 
 
-@functools.lru_cache(maxsize=256)
+@table_cache(maxsize=256)
 def axis_tiles(spec: AxisSpec, tile: int) -> AxisTiles:
     """Return the query/halo index tables, window mask and RPB index of ``spec`` cut in tiles.
 
@@ -129,7 +130,7 @@ def axis_tiles(spec: AxisSpec, tile: int) -> AxisTiles:
     )
 
 
-@functools.lru_cache(maxsize=256)
+@table_cache(maxsize=256)
 def axis_inverse(spec: AxisSpec) -> tuple[Tensor, Tensor]:
     """Queries holding each key in their window, along one axis: ``(first query, query count)``, ``[L]``.
 

@@ -35,6 +35,7 @@ from typing import NamedTuple
 import torch
 from torch import Tensor
 
+from ..caching import table_cache
 from .indexing import AxisSpec, axis_inverse, axis_windows
 
 PAD = 8  # zero columns after each transposed row (one vector step)
@@ -61,12 +62,15 @@ constexpr int V = 8;    // lanes of one segment (a run of neighbours along the l
 constexpr int G = 4;    // segments per dot-product group (independent accumulator chains)
 
 struct Geometry {
-  int64_t BH, H, N, NP, C, L[3], d[3], K[3], W[3], Lmax, R, M, PM;  // PM: neighbours per position
+  int64_t BH, H, N, NP, C, L[3], d[3], K[3], W[3], Lmax, R, M, PM;  // M: scratch, PM: probs per query
+  int64_t qs[3], vs[3];  // forward only: (batch, position, head) strides of q and v (channels contiguous)
   const int64_t* tab;
   // Offsets of slice bh = b * H + h: rows (stride H * C per position), statistics (stride H), columns.
   int64_t rows(int64_t bh) const { return (bh / H) * N * H * C + (bh % H) * C; }
   int64_t stats(int64_t bh) const { return (bh / H) * N * H + bh % H; }
   int64_t cols(int64_t bh) const { return bh * C * NP; }
+  int64_t qrow(int64_t bh, int64_t n) const { return (bh / H) * qs[0] + n * qs[1] + (bh % H) * qs[2]; }
+  int64_t vrows(int64_t bh) const { return (bh / H) * vs[0] + (bh % H) * vs[2]; }
   int64_t at(int axis, int field, int64_t i) const { return tab[(axis * 5 + field) * Lmax + i]; }
   void coords(int64_t n, int64_t* x) const {
     x[2] = n % L[2];
@@ -265,8 +269,8 @@ void forward(const Geometry& g, const Tensors<T>& t, int threads) {
     for (int64_t u = lo; u < hi; ++u) {
       const int64_t bh = u / g.N, n = u % g.N, row = g.rows(bh) + n * stride;
       const int64_t ns = key_segments(g, n, sc.seg.data());
-      const int64_t m = segment_dots<T, false>(g, sc.seg.data(), ns, t.q + row, t.kt + g.cols(bh), nullptr, nullptr,
-                                               sc.s.data(), nullptr, sc.idx.data(), sc.rel.data());
+      const int64_t m = segment_dots<T, false>(g, sc.seg.data(), ns, t.q + g.qrow(bh, n), t.kt + g.cols(bh), nullptr,
+                                               nullptr, sc.s.data(), nullptr, sc.idx.data(), sc.rel.data());
       T* s = sc.s.data();
       const T* bias = t.rpb ? t.rpb + (bh % g.H) * g.R : nullptr;
       T mx = -INFINITY, sum = 0;
@@ -275,9 +279,9 @@ void forward(const Geometry& g, const Tensors<T>& t, int threads) {
       exp_inplace(s, m);
       for (int64_t j = 0; j < m; ++j) sum += s[j];
       for (int64_t j = 0; j < m; ++j) s[j] /= sum;
-      t.lse_out[g.stats(bh) + n * g.H] = m ? mx + std::log(sum) : T(INFINITY);
-      std::copy(s, s + m, t.probs_out + u * g.PM);
-      weighted_rows(s, sc.idx.data(), m, t.v + g.rows(bh), stride, g.C, t.out + row);
+      if (t.lse_out) t.lse_out[g.stats(bh) + n * g.H] = m ? mx + std::log(sum) : T(INFINITY);
+      if (t.probs_out) std::copy(s, s + m, t.probs_out + u * g.PM);
+      weighted_rows(s, sc.idx.data(), m, t.v + g.vrows(bh), g.vs[1], g.C, t.out + row);
     }
   });
 }
@@ -345,19 +349,21 @@ void backward_key(const Geometry& g, const Tensors<T>& t, int threads) {
 }
 
 Geometry make_geometry(const int64_t* meta, const int64_t* tab) {
-  // meta: BH, H, N, NP, C, L[3], d[3], K[3], Lmax, M
+  // meta: BH, H, N, NP, C, L[3], d[3], K[3], Lmax, most neighbours per position, q strides[3], v strides[3]
   Geometry g;
   g.BH = meta[0], g.H = meta[1], g.N = meta[2], g.NP = meta[3], g.C = meta[4];
   for (int a = 0; a < 3; ++a)
     g.L[a] = meta[5 + a], g.d[a] = meta[8 + a], g.K[a] = meta[11 + a], g.W[a] = 2 * g.K[a] - 1;
-  g.Lmax = meta[14], g.PM = meta[15], g.M = meta[15] + G, g.R = g.W[0] * g.W[1] * g.W[2], g.tab = tab;
+  g.Lmax = meta[14], g.M = meta[15] + G, g.PM = g.K[0] * g.K[1] * g.K[2], g.R = g.W[0] * g.W[1] * g.W[2], g.tab = tab;
+  for (int a = 0; a < 3; ++a) g.qs[a] = meta[16 + a], g.vs[a] = meta[19 + a];
   return g;
 }
 
 }  // namespace
 
-// Forward: out [B, N, H, C], lse [B, N, H] and the neighbour probabilities probs [B, H, N, PM] from
-// q, v [B, N, H, C] and kt [B, H, C, NP].
+// Forward: out [B, N, H, C], lse [B, N, H] and the neighbour probabilities probs [B, H, N, PM]
+// (PM = prod(K); lse and probs may be null: inference) from q, v [B, N, H, C] (any batch, position and
+// head strides, channels contiguous) and kt [B, H, C, NP].
 // Backward: dq, dk, dv [B, N, H, C] and drpb (when rpb is given). With qt and gt (transposed q and
 // dout) dk/dv are computed per key; with qt == gt == null, dk/dv must be zero-initialised and threads
 // owning whole (batch, head) slices scatter into them.
@@ -436,7 +442,7 @@ class _Plan(NamedTuple):
     inverse: Tensor | None  # old -> new position
 
 
-@functools.lru_cache(maxsize=64)
+@table_cache(maxsize=64)
 def _plan(axes: tuple[AxisSpec, ...]) -> _Plan:
     """Kernel tables of ``axes`` padded to 3-D; the last axis is reordered group-major when dilated."""
     axes = (AxisSpec(1, 1),) * (3 - len(axes)) + axes
@@ -459,6 +465,21 @@ def _plan(axes: tuple[AxisSpec, ...]) -> _Plan:
     return _Plan(meta, tab, perm, inverse)
 
 
+def geometry(axes: tuple[AxisSpec, ...]) -> list[int]:
+    """``axes`` as a flat int list (the custom ops' argument): 6 ints per axis."""
+    return [v for ax in axes for v in (ax.length, ax.kernel, ax.dilation, ax.stride, int(ax.causal), ax.valid or 0)]
+
+
+def _axes(geom: list[int]) -> tuple[AxisSpec, ...]:
+    """Inverse of :func:`geometry`."""
+    return tuple(AxisSpec(L, k, d, s, bool(c), v or None) for L, k, d, s, c, v in
+                 (geom[i:i + 6] for i in range(0, len(geom), 6)))
+
+
+def _compute_dtype(x: Tensor) -> torch.dtype:
+    return torch.float64 if x.dtype == torch.float64 else torch.float32
+
+
 def _rows(x: Tensor, perm: Tensor | None, dtype: torch.dtype) -> Tensor:
     """``[B, *spatial, H, C]`` -> contiguous ``[B, N, H, C]`` in ``dtype``, last axis reordered by ``perm``."""
     if perm is not None:
@@ -466,10 +487,22 @@ def _rows(x: Tensor, perm: Tensor | None, dtype: torch.dtype) -> Tensor:
     return x.to(dtype).contiguous().view(x.shape[0], -1, *x.shape[-2:])
 
 
+def _strided_rows(x: Tensor, perm: Tensor | None, dtype: torch.dtype) -> Tensor:
+    """Like :func:`_rows` but without a copy when ``x`` already is ``[B, N, H, C]`` rows with contiguous
+    channels in ``dtype`` (e.g. ``q``/``v`` sliced out of a fused qkv projection); strides are free."""
+    if perm is None and x.dtype == dtype:
+        rows = x.reshape(x.shape[0], -1, *x.shape[-2:])
+        if rows.stride(-1) == 1:
+            return rows
+    return _rows(x, perm, dtype)
+
+
 def _columns(rows: Tensor) -> Tensor:
-    """``[B, N, H, C]`` -> ``[B, H, C, N + PAD]``; the zero tail lets vector steps read past a row end."""
+    """``[B, N, H, C]`` (any strides) -> ``[B, H, C, N + PAD]``; the zero tail lets vector steps read past a
+    row end."""
     b, n, h, c = rows.shape
-    cols = rows.new_zeros(b, h, c, n + PAD)
+    cols = rows.new_empty(b, h, c, n + PAD)
+    cols[..., n:] = 0
     cols[..., :n] = rows.permute(0, 2, 3, 1)
     return cols
 
@@ -486,55 +519,99 @@ def _ptr(x: Tensor | None) -> int | None:
     return None if x is None else x.data_ptr()
 
 
-class _NativeNA(torch.autograd.Function):
-    """Autograd wrapper of the compiled forward/backward kernels."""
+def _meta(rows: Tensor, plan: _Plan, q: Tensor | None = None, v: Tensor | None = None) -> Tensor:
+    """Kernel geometry of ``[B, N, H, C]`` rows; ``q``/``v``: the forward's (strided) row views."""
+    b, n, h, c = rows.shape
+    strides = [x.stride()[:3] if x is not None else (n * h * c, h * c, c) for x in (q, v)]
+    return torch.tensor((b * h, h, n, n + PAD, c, *plan.meta, *strides[0], *strides[1]), dtype=torch.long)
 
-    @staticmethod
-    def forward(ctx, query: Tensor, key: Tensor, value: Tensor, rpb: Tensor | None,
-                axes: tuple[AxisSpec, ...], scale: float) -> Tensor:
-        dtype = torch.float64 if query.dtype == torch.float64 else torch.float32
-        plan = _plan(axes)
-        q, k, v = (_rows(x, plan.perm, dtype) for x in (query, key, value))
-        kt = _columns(k)
-        bias = None if rpb is None else rpb.detach().to(dtype).contiguous()
-        b, n, h, c = q.shape
-        meta = torch.tensor((b * h, h, n, n + PAD, c, *plan.meta), dtype=torch.long)
-        out = torch.empty_like(q)
-        lse = q.new_empty(b, n, h)
-        probs = q.new_empty(b, h, n, plan.meta[-1])  # neighbour probabilities (padded to the most neighbours)
-        lib = library()
-        fn = lib.na_forward_f64 if dtype == torch.float64 else lib.na_forward_f32
-        fn(_ptr(meta), _ptr(plan.tab), _ptr(q), _ptr(kt), _ptr(v), _ptr(bias), scale, _ptr(out), _ptr(lse),
-           _ptr(probs), torch.get_num_threads())
-        ctx.save_for_backward(q, k, kt, v, bias, out, lse, probs, meta)
-        ctx.plan, ctx.scale, ctx.shape = plan, scale, query.shape
-        ctx.dtypes = query.dtype, None if rpb is None else rpb.dtype
-        return _unrows(out, query.shape, query.dtype, plan.inverse)
 
-    @staticmethod
-    @torch.autograd.function.once_differentiable
-    def backward(ctx, grad_out: Tensor):
-        q, k, kt, v, bias, out, lse, probs, meta = ctx.saved_tensors
-        plan, threads = ctx.plan, torch.get_num_threads()
-        grad = _rows(grad_out, plan.perm, q.dtype)
-        delta = (grad * out).sum(-1)
-        dq = torch.empty_like(q)
-        d_bias = None if bias is None else torch.empty_like(bias)
-        if q.shape[0] * q.shape[2] >= threads:  # threads own whole (batch, head) slices: scatter dk, dv
-            qt = gt = None
-            dk, dv = torch.zeros_like(q), torch.zeros_like(q)
-        else:  # a second pass per key over the queries whose window holds it
-            qt, gt = _columns(q), _columns(grad)
-            dk, dv = torch.empty_like(q), torch.empty_like(q)
-        vt = _columns(v)  # the kernel reads every array below while these references keep them alive
-        lib = library()
-        fn = lib.na_backward_f64 if q.dtype == torch.float64 else lib.na_backward_f32
-        fn(_ptr(meta), _ptr(plan.tab), _ptr(q), _ptr(qt), _ptr(k), _ptr(kt), _ptr(v), _ptr(vt), _ptr(bias),
-           ctx.scale, _ptr(lse), _ptr(probs), _ptr(grad), _ptr(gt), _ptr(delta), _ptr(dq), _ptr(dk), _ptr(dv),
-           _ptr(d_bias), threads)
-        dtype, bias_dtype = ctx.dtypes
-        grads = (_unrows(x, ctx.shape, dtype, plan.inverse) for x in (dq, dk, dv))
-        return (*grads, None if d_bias is None else d_bias.to(bias_dtype), None, None)
+# The kernels are registered as custom ops: opaque to torch.compile (no graph break, shapes from the
+# fake implementations) and differentiable through ``register_autograd``.
+@torch.library.custom_op('localattn::na_cpu_forward', mutates_args=(), device_types='cpu')
+def na_cpu_forward(query: Tensor, key: Tensor, value: Tensor, rpb: Tensor | None, geom: list[int], scale: float,
+                   with_stats: bool) -> tuple[Tensor, Tensor, Tensor]:
+    """Forward kernel. ``[B, *spatial, H, C]`` x3 -> ``(out, lse [B, N, H], probs [B, H, N, prod(k)])``.
+
+    ``lse``/``probs`` (compute dtype) are the backward's statistics; empty without ``with_stats``.
+    """
+    dtype, plan = _compute_dtype(query), _plan(_axes(geom))
+    q, v = (_strided_rows(x, plan.perm, dtype) for x in (query, value))
+    kt = _columns(_strided_rows(key, plan.perm, dtype))
+    bias = None if rpb is None else rpb.detach().to(dtype).contiguous()
+    b, n, h, c = q.shape
+    out = q.new_empty(b, n, h, c)
+    lse = q.new_empty((b, n, h) if with_stats else (0, ))
+    probs = q.new_empty((b, h, n, math.prod(plan.meta[6:9])) if with_stats else (0, ))
+    meta = _meta(q, plan, q, v)  # every array passed below must stay referenced during the call
+    lib = library()
+    fn = lib.na_forward_f64 if dtype == torch.float64 else lib.na_forward_f32
+    fn(_ptr(meta), _ptr(plan.tab), _ptr(q), _ptr(kt), _ptr(v), _ptr(bias), scale, _ptr(out),
+       _ptr(lse) if with_stats else None, _ptr(probs) if with_stats else None, torch.get_num_threads())
+    return _unrows(out, query.shape, query.dtype, plan.inverse), lse, probs
+
+
+@na_cpu_forward.register_fake
+def _(query, key, value, rpb, geom, scale, with_stats):
+    dtype, axes = _compute_dtype(query), _axes(geom)
+    b, h = query.shape[0], query.shape[-2]
+    n = math.prod(ax.length for ax in axes)
+    if not with_stats:
+        return torch.empty_like(query), query.new_empty(0, dtype=dtype), query.new_empty(0, dtype=dtype)
+    return (torch.empty_like(query), query.new_empty(b, n, h, dtype=dtype),
+            query.new_empty(b, h, n, math.prod(ax.kernel for ax in axes), dtype=dtype))
+
+
+@torch.library.custom_op('localattn::na_cpu_backward', mutates_args=(), device_types='cpu')
+def na_cpu_backward(grad_out: Tensor, query: Tensor, key: Tensor, value: Tensor, rpb: Tensor | None, out: Tensor,
+                    lse: Tensor, probs: Tensor, geom: list[int], scale: float
+                    ) -> tuple[Tensor, Tensor, Tensor, Tensor]:
+    """Backward kernel: ``(dq, dk, dv, drpb)``; ``drpb`` is empty when ``rpb`` is None."""
+    if probs.numel() == 0 and lse.numel() == 0 and grad_out.numel():
+        raise RuntimeError('localattn: NA backward without the forward statistics (forward ran without grad)')
+    dtype, plan, threads = _compute_dtype(query), _plan(_axes(geom)), torch.get_num_threads()
+    q, k, v, grad, o = (_rows(x, plan.perm, dtype) for x in (query, key, value, grad_out, out))
+    delta = (grad * o).sum(-1)
+    bias = None if rpb is None else rpb.detach().to(dtype).contiguous()
+    dq = torch.empty_like(q)
+    d_bias = None if bias is None else torch.empty_like(bias)
+    if q.shape[0] * q.shape[2] >= threads:  # threads own whole (batch, head) slices: scatter dk, dv
+        qt = gt = None
+        dk, dv = torch.zeros_like(q), torch.zeros_like(q)
+    else:  # a second pass per key over the queries whose window holds it
+        qt, gt = _columns(q), _columns(grad)
+        dk, dv = torch.empty_like(q), torch.empty_like(q)
+    kt, vt = _columns(k), _columns(v)  # the kernel reads every array below while these references keep them alive
+    meta = _meta(q, plan)
+    lib = library()
+    fn = lib.na_backward_f64 if dtype == torch.float64 else lib.na_backward_f32
+    fn(_ptr(meta), _ptr(plan.tab), _ptr(q), _ptr(qt), _ptr(k), _ptr(kt), _ptr(v), _ptr(vt), _ptr(bias),
+       scale, _ptr(lse), _ptr(probs), _ptr(grad), _ptr(gt), _ptr(delta), _ptr(dq), _ptr(dk), _ptr(dv),
+       _ptr(d_bias), threads)
+    grads = (_unrows(x, query.shape, query.dtype, plan.inverse) for x in (dq, dk, dv))
+    return (*grads, query.new_empty(0) if d_bias is None else d_bias.to(rpb.dtype))
+
+
+@na_cpu_backward.register_fake
+def _(grad_out, query, key, value, rpb, out, lse, probs, geom, scale):
+    return (torch.empty_like(query), torch.empty_like(key), torch.empty_like(value),
+            query.new_empty(0) if rpb is None else torch.empty_like(rpb))
+
+
+def _setup_context(ctx, inputs, output) -> None:
+    query, key, value, rpb, geom, scale, _ = inputs
+    out, lse, probs = output
+    ctx.save_for_backward(query, key, value, rpb, out, lse, probs)
+    ctx.geom, ctx.scale = geom, scale
+
+
+def _backward(ctx, grad_out: Tensor, _grad_lse, _grad_probs):
+    query, key, value, rpb, out, lse, probs = ctx.saved_tensors
+    dq, dk, dv, d_rpb = na_cpu_backward(grad_out, query, key, value, rpb, out, lse, probs, ctx.geom, ctx.scale)
+    return dq, dk, dv, (d_rpb if rpb is not None else None), None, None, None
+
+
+na_cpu_forward.register_autograd(_backward, setup_context=_setup_context)
 
 
 def na_native(query: Tensor, key: Tensor, value: Tensor, axes: tuple[AxisSpec, ...], rpb: Tensor | None,
@@ -550,4 +627,6 @@ def na_native(query: Tensor, key: Tensor, value: Tensor, axes: tuple[AxisSpec, .
     Returns:
         ``[B, *spatial, heads, head_dim]``; queries without any valid key get zeros.
     """
-    return _NativeNA.apply(query, key, value, rpb, axes, scale)
+    with_stats = torch.is_grad_enabled() and any(x is not None and x.requires_grad
+                                                 for x in (query, key, value, rpb))
+    return na_cpu_forward(query, key, value, rpb, geometry(axes), float(scale), with_stats)[0]

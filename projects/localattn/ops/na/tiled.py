@@ -22,6 +22,7 @@ from typing import NamedTuple
 import torch
 from torch import Tensor
 
+from ..caching import table_cache
 from .indexing import AxisSpec, axis_tiles
 
 # Tile edge per number of spatial axes (rounded up to a multiple of the stride, capped by the axis).
@@ -87,7 +88,7 @@ def _row_major(sizes: list[int]) -> list[int]:
     return [math.prod(sizes[a + 1:]) for a in range(len(sizes))]
 
 
-@functools.lru_cache(maxsize=32)
+@table_cache(maxsize=32)
 def tile_plan(axes: tuple[AxisSpec, ...], tiles: tuple[int, ...], heads: int,
               device: torch.device) -> TilePlan:
     """Build (and cache) the gather indices and per-class window tables of a tiled NA call."""
