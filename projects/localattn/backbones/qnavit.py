@@ -210,14 +210,15 @@ class WindowSelfAttention(nn.Module):
             key_mask: optional additive ``[nW, 1, 1, N]`` mask (0 / -inf for padded keys).
         """
         batch, num_windows, num_tokens, _ = x.shape
-        qkv = self.qkv(x).view(batch, num_windows, num_tokens, 3, self.num_heads, self.head_dims)
-        q, k, v = qkv.permute(3, 0, 1, 4, 2, 5).unbind(0)            # [B, nW, h, N, d]
+        qkv = self.qkv(x).view(batch * num_windows, num_tokens, 3, self.num_heads, self.head_dims)
+        q, k, v = qkv.permute(2, 0, 3, 1, 4).unbind(0)               # [B * nW, h, N, d]
         mask = self.relative_position_bias(window_hw)                  # [h, N, N]
-        if key_mask is not None:
-            mask = mask + key_mask                                     # [nW, h, N, N]
-        # called through this module's global so the FLOP counter can wrap it (see below)
+        if key_mask is not None:                                       # [B * nW, h, N, N]
+            mask = (mask + key_mask).expand(batch, -1, -1, -1, -1).flatten(0, 1)
+        # 4-D SDPA (exportable to ONNX); called through this module's global so that the FLOP
+        # counter can wrap it (see below)
         out = scaled_dot_product_attention(q, k, v, attn_mask=mask.to(q.dtype))
-        out = out.transpose(2, 3).reshape(batch, num_windows, num_tokens, self.embed_dims)
+        out = out.transpose(1, 2).reshape(batch, num_windows, num_tokens, self.embed_dims)
         return self.proj(out)
 
     def extra_repr(self) -> str:

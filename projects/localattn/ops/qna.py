@@ -225,8 +225,17 @@ def _qna2d_exp_space(logits: Tensor, value: Tensor, rpb: Tensor, scale_weights: 
         return ratio.sum(dim=3)
 
     operands = (ratio, underflow, logits, value, rpb, scale_weights)
-    if torch.compiler.is_compiling():  # torch.compile / export: the data-dependent branch as torch.cond
-        return torch.cond(underflow.any(), with_fallback, without_fallback, operands)
+    if torch.compiler.is_compiling():
+        # torch.compile / export: the data-dependent branch as torch.cond. Operands enter flattened
+        # (and are viewed back inside): inductor may give 4-D+ intermediates any layout, which
+        # the branch subgraphs then reject (torch 2.13).
+        shapes = [x.shape for x in operands]
+
+        def unflatten(branch):
+            return lambda *flat: branch(*(x.view(shape) for x, shape in zip(flat, shapes)))
+
+        return torch.cond(underflow.any(), unflatten(with_fallback), unflatten(without_fallback),
+                          tuple(x.reshape(-1) for x in operands))
     return with_fallback(*operands) if underflow.any() else without_fallback(*operands)
 
 

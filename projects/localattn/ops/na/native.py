@@ -280,7 +280,7 @@ void forward(const Geometry& g, const Tensors<T>& t, int threads) {
       for (int64_t j = 0; j < m; ++j) sum += s[j];
       for (int64_t j = 0; j < m; ++j) s[j] /= sum;
       if (t.lse_out) t.lse_out[g.stats(bh) + n * g.H] = m ? mx + std::log(sum) : T(INFINITY);
-      if (t.probs_out) std::copy(s, s + m, t.probs_out + u * g.PM);
+      if (t.probs_out) std::copy(s, s + m, t.probs_out + u * g.PM), std::fill(t.probs_out + u * g.PM + m, t.probs_out + (u + 1) * g.PM, T(0));
       weighted_rows(s, sc.idx.data(), m, t.v + g.vrows(bh), g.vs[1], g.C, t.out + row);
     }
   });
