@@ -63,6 +63,7 @@ from torch.nn.functional import scaled_dot_product_attention
 
 from ..analysis.complexity import register_function_counter
 from ..layers import QnA2d
+from ..ops.caching import table_cache
 
 __all__ = ['QnAViT']
 
@@ -158,9 +159,10 @@ def resolve_arch(arch: Union[str, dict]) -> dict:
 # --------------------------------------------------------------------------------------------
 # Window self-attention
 # --------------------------------------------------------------------------------------------
+@table_cache(maxsize=64)
 def relative_position_index(window_hw: tuple[int, int], window_size: int,
                             device: Optional[torch.device] = None) -> Tensor:
-    """``[N, N]`` index into a ``(2w-1)^2`` table for a ``wh x ww`` window (``wh, ww <= w``).
+    """``[N, N]`` index into a ``(2w-1)^2`` table for a ``wh x ww`` window (``wh, ww <= w``); cached.
 
     Swin convention: ``(dy + w - 1) * (2w - 1) + (dx + w - 1)``, ``(dy, dx)`` = query minus key
     position; tokens flattened row-major.

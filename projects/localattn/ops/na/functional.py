@@ -84,13 +84,23 @@ def _check_rpb(rpb: Tensor | None, query: Tensor, axes: tuple[AxisSpec, ...]) ->
         raise ValueError(f'rpb requires stride 1 on every axis, got stride {tuple(ax.stride for ax in axes)}')
 
 
-@torch.compiler.assume_constant_result
+def _constant_under_compile(fn):
+    """Let torch.compile treat ``fn()`` as a constant (no tracing into its file-system checks).
+
+    What ``torch.compiler.assume_constant_result`` does, without importing dynamo (about a second) at
+    ``import localattn``.
+    """
+    fn._dynamo_marked_constant = True
+    return fn
+
+
+@_constant_under_compile
 def natten_available() -> bool:
     """Whether the optional ``natten`` package is importable."""
     return importlib.util.find_spec('natten') is not None
 
 
-@torch.compiler.assume_constant_result
+@_constant_under_compile
 def native_available() -> bool:
     """Whether the compiled CPU kernel of :mod:`.native` is available (builds it on first call)."""
     return native.library() is not None
