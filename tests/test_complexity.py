@@ -25,12 +25,16 @@ def classifier(backbone_type, arch, embed_dims):
         head=dict(type='LinearClsHead', num_classes=1000, in_channels=8 * embed_dims)))
 
 
-def analytic_na(depths, embed_dims, kernel, height, width):
-    """Sum over blocks of 2 * N * k^2 * C with N the real tokens of each level."""
+def analytic_na(depths, embed_dims, kernel, height, width, dilations=None):
+    """Sum over blocks of 2 * N * k_H * k_W * C with N the real tokens of each level. An axis of
+    length L < k * d attends its whole dilation group: ceil(L / d) keys along it."""
     total = 0
     h, w = -(-height // 4), -(-width // 4)
     for i, depth in enumerate(depths):
-        total += depth * 2 * h * w * kernel**2 * embed_dims * 2**i
+        for j in range(depth):
+            d = dilations[i][j] if dilations else 1
+            keys = [kernel if kernel * d <= n else -(-n // d) for n in (h, w)]
+            total += 2 * h * w * keys[0] * keys[1] * embed_dims * 2**i
         h, w = -(-h // 2), -(-w // 2)
     return total
 
@@ -58,10 +62,10 @@ def test_dinat_counts_like_nat():
 
 @pytest.mark.parametrize('size', [(64, 96), (223, 150)])
 def test_na_counted_exactly_and_internals_excluded(size):
-    model = DiNAT(arch=TINY, dilations='coco')   # small maps are padded inside the layer
+    model = DiNAT(arch=TINY, dilations='coco')   # short axes: whole dilation groups, padded maps
     result = count_flops_params(model, (3, *size))
     na = result['flops_by_operator']['neighborhood_attention']
-    assert na == analytic_na(TINY['depths'], 16, 7, *size)
+    assert na == analytic_na(TINY['depths'], 16, 7, *size, dilations=model.dilations)
     # everything but the attention core: trace with the core replaced by a zero-cost stand-in
     from mmengine.analysis import FlopAnalyzer
     original = na_layer_module.na2d

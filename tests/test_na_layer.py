@@ -58,7 +58,8 @@ def allowed_keys(coord: torch.Tensor, length: int, kernel: int, dilation: int) -
 
 
 @pytest.mark.parametrize('size,kernel,dilation', [((3, 5), 7, 1), ((5, 4), 3, 2), ((4, 20), 3, 2),
-                                                  ((3, 9), 5, 1)])
+                                                  ((3, 9), 5, 1), ((3, 10), 3, 5), ((7, 30), 7, 4),
+                                                  ((13, 9), 5, 3), ((6, 9), 4, 2)])
 def test_small_inputs_never_attend_padding(size, kernel, dilation):
     """A map smaller than ``kernel * dilation`` along an axis: each real query attends to every real
     key of its dilation group along that axis (the whole padded group is its window); RPB indexed by

@@ -112,7 +112,8 @@ def na_macs(query: Tensor, key: Tensor = None, value: Tensor = None, kernel_size
     """MACs of one NA call (``na1d/na2d/na3d`` signature): ``2 * B * N * heads * head_dim * prod(k)``.
 
     ``N`` counts real tokens: the product of ``valid_size`` when the map was padded, else of the
-    spatial sizes. Queries always see ``prod(k)`` keys (windows are shifted, not clipped, at borders).
+    spatial sizes. Queries always see ``prod(k)`` keys (windows are shifted, not clipped, at borders;
+    the NA layer lowers ``k`` on axes shorter than ``k * dilation``, where whole groups are attended).
     """
     spatial = tuple(query.shape[1:-2])
     n = len(spatial)

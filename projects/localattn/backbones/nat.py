@@ -406,10 +406,9 @@ class DiNAT(NAT):
             explicit per-block dilations (one list of positive ints per level, one entry per block).
 
     Large dilations on small maps: when ``kernel_size * dilation`` exceeds a level's map along an axis
-    (e.g. the COCO preset's dilation 28 at stride 4 needs a 784 px side), the NA layer pads the map to
-    ``kernel_size * dilation`` and masks the padding instead of failing; the dilation is not clamped,
-    so a query attends to the real tokens of its dilation group (all of them when the group has at
-    most ``kernel_size`` tokens along that axis).
+    (e.g. the COCO preset's dilation 28 at stride 4 needs a 784 px side), a query attends to all the
+    tokens of its dilation group along that axis (at most ``kernel_size`` of them) instead of failing;
+    the dilation is not clamped. See :class:`~localattn.layers.NeighborhoodAttention2d`.
     """
 
     def __init__(self, arch: Union[str, dict] = 'tiny',

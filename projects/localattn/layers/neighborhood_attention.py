@@ -10,18 +10,36 @@ from torch.nn.modules.utils import _pair
 from ..ops.na import BACKENDS, na2d
 
 
+def _short_axis(length: int, kernel: int, dilation: int) -> tuple[int, int, int]:
+    """``(kernel, dilation, padding)`` that one axis of length ``length`` runs with.
+
+    Unchanged when ``kernel * dilation <= length``; otherwise every dilation group along the axis is
+    attended whole: kernel ``n = ceil(length / dilation)`` (the largest group), the axis padded to
+    ``n * dilation`` so that every group holds ``n`` positions; ``n == 1``: kernel 1, dilation 1.
+    """
+    if kernel * dilation <= length:
+        return kernel, dilation, 0
+    n = -(-length // dilation)
+    if n == 1:
+        return 1, 1, 0
+    return n, dilation, n * dilation - length
+
+
 class NeighborhoodAttention2d(nn.Module):
     """Multi-head 2-D neighbourhood attention with relative positional bias, ``[B, H, W, C] -> [B, H, W, C]``.
 
     Parameter names follow the official NAT checkpoints: ``qkv`` (``Linear(C, 3C)``, output ordered
     ``(q|k|v, head, head_dim)``), ``rpb`` (``[heads, 2k_H - 1, 2k_W - 1]``) and ``proj``.
 
-    Small maps: an axis shorter than ``kernel_size * dilation`` is zero-padded at its end (after the
-    qkv projection) up to exactly ``kernel_size * dilation``; the padded positions are excluded as
-    keys (``valid_size`` of :func:`~localattn.ops.na.na2d`) and their outputs are cropped. Windows are
-    placed on the padded axis, so along such an axis every dilation group has exactly ``kernel_size``
-    positions and each real query attends to *all* real keys of its group (full attention when
-    ``dilation == 1``). Real pixels never attend padded ones.
+    Small maps: along an axis shorter than ``kernel_size * dilation`` each query attends to *all* the
+    keys of its dilation group along that axis (full attention when ``dilation == 1``), with the
+    relative positional bias of their offsets. This is computed without padding to
+    ``kernel_size * dilation``: the largest group has ``n = ceil(L / d) < kernel_size`` positions, so
+    the axis runs with kernel ``n`` (the bias table sliced to its central ``2n - 1`` offsets), padded
+    at its end to ``n * d`` (less than ``d`` extra positions, none when ``d`` divides ``L``) and the
+    padded positions excluded as keys (``valid_size`` of :func:`~localattn.ops.na.na2d`) and
+    cropped from the output; when ``n == 1`` the axis has kernel 1 (each query sees its own row or
+    column only). Real pixels never attend padded ones.
 
     Args:
         embed_dim: channels ``C``.
@@ -61,16 +79,21 @@ class NeighborhoodAttention2d(nn.Module):
         b, height, width, c = x.shape
         heads = self.num_heads
         qkv = self.qkv(x).view(b, height, width, 3, heads, c // heads)
-        spans = [k * d for k, d in zip(self.kernel_size, self.dilation)]
-        pad_h, pad_w = max(spans[0] - height, 0), max(spans[1] - width, 0)
-        if pad_h or pad_w:
-            qkv = F.pad(qkv, (0, 0, 0, 0, 0, 0, 0, pad_w, 0, pad_h))
+        kernel, dilation, pads = zip(*(_short_axis(int(length), k, d) for length, k, d in
+                                       zip((height, width), self.kernel_size, self.dilation)))
+        if pads[0] or pads[1]:
+            qkv = F.pad(qkv, (0, 0, 0, 0, 0, 0, 0, pads[1], 0, pads[0]))
+        rpb = self.rpb
+        if rpb is not None and kernel != self.kernel_size:  # central 2n - 1 offsets of short axes
+            (kh, kw), (nh, nw) = self.kernel_size, kernel
+            rpb = rpb[:, kh - nh:kh + nh - 1, kw - nw:kw + nw - 1]
         q, k, v = qkv.unbind(3)
-        out = na2d(q, k, v, self.kernel_size, dilation=self.dilation, rpb=self.rpb,
-                   valid_size=(int(height), int(width)) if pad_h or pad_w else None,
+        out = na2d(q, k, v, kernel, dilation=dilation, rpb=rpb,
+                   valid_size=(int(height), int(width)) if pads[0] or pads[1] else None,
                    dropout_p=self.attn_drop.p if self.training else 0.0, backend=self.backend)
-        out = out[:, :height, :width].reshape(b, height, width, c)
-        return self.proj_drop(self.proj(out))
+        if pads[0] or pads[1]:
+            out = out[:, :height, :width]
+        return self.proj_drop(self.proj(out.reshape(b, height, width, c)))
 
     def extra_repr(self) -> str:
         return (f'embed_dim={self.embed_dim}, num_heads={self.num_heads}, kernel_size={self.kernel_size}, '

@@ -200,7 +200,7 @@ def na2d(query: Tensor, key: Tensor, value: Tensor, kernel_size: IntArg, *, dila
             to the scaled logit. Stride 1 only. On a causal axis the offsets are ``<= 0``.
         scale: logit scale, default ``head_dim ** -0.5``.
         valid_size: optional per-axis number of leading positions that may be attended as keys
-            (for maps padded up to ``k * d``). Windows are still computed on the full (padded)
+            (for padded maps). Windows are still computed on the full (padded)
             size; keys at or beyond ``valid_size`` are removed from them. Queries left without any
             key output zeros.
         dropout_p: dropout probability applied to the attention weights (not on ``flex``/``natten``).
