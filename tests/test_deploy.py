@@ -187,9 +187,20 @@ def _explicit_qna(logits, value, rpb, weights, k=3, stride=1):
     return out.float()
 
 
+@pytest.mark.parametrize('stride', [1, 2])
+def test_dense_fallback_matches_explicit(stride):
+    """The traced fallback (every output's window softmax, no data-dependent shapes)."""
+    from localattn.ops.qna import _dense_window_softmax
+    logits, value, rpb, weights = _qna_inputs(True)
+    dense = _dense_window_softmax(logits, value, rpb, weights, 3, stride)
+    assert dense.shape == (2, -(-9 // stride), -(-10 // stride), 2, 2, 3)
+    torch.testing.assert_close(dense.sum(3), _explicit_qna(logits, value, rpb, weights, stride=stride),
+                               rtol=1e-5, atol=1e-5)
+
+
 @needs_cxx
-@pytest.mark.parametrize('underflow', [False, True])
-def test_qna2d_compiled_matches_eager_and_explicit(underflow):
+@pytest.mark.parametrize('underflow,fullgraph', [(False, True), (True, True), (True, False)])
+def test_qna2d_compiled_matches_eager_and_explicit(underflow, fullgraph):
     torch._dynamo.reset()
     logits, value, rpb, weights = (t.requires_grad_() for t in _qna_inputs(underflow))
 
@@ -201,7 +212,7 @@ def test_qna2d_compiled_matches_eager_and_explicit(underflow):
                                rtol=1e-5, atol=1e-5)
     grad = torch.randn_like(eager)
     want = torch.autograd.grad(eager, (logits, value, rpb, weights), grad)
-    out = torch.compile(fn, fullgraph=True)(logits, value, rpb, weights)
+    out = torch.compile(fn, fullgraph=fullgraph)(logits, value, rpb, weights)
     got = torch.autograd.grad(out, (logits, value, rpb, weights), grad)
     torch.testing.assert_close(out, eager, rtol=1e-5, atol=1e-6)
     for a, b in zip(got, want):
@@ -246,6 +257,9 @@ def test_compiled_backbone_forward_equals_eager(family):
     model = _family(family).eval()
     eager, compiled = compile_parity(model, _images())
     _close(compiled, eager)
+    if family == 'qnavit':  # also without fullgraph (the default a benchmark or user would use)
+        torch._dynamo.reset()
+        _close(compile_parity(model, _images(), fullgraph=False)[1], eager)
 
 
 @needs_cxx

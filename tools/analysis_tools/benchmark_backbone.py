@@ -219,7 +219,9 @@ def plot(rows: list[dict], out_dir: str, baseline: str) -> None:
             base = next((r[key] for r in group if r['model'] == baseline), None)
             names = [r['model'] for r in group][::-1]
             values = [r[key] / base if key == 'images_per_s' and base else r[key] for r in group][::-1]
-            ax.barh(names, values, color=[colours[n] for n in names])
+            labels = [n if len(n) <= 24 else n[:21] + '...' for n in names]
+            ax.barh(range(len(names)), values, color=[colours[n] for n in names])
+            ax.set_yticks(range(len(names)), labels)
             for y, v in enumerate(values):
                 ax.text(v, y, f' {v:.2f}' if key == 'images_per_s' else f' {v:.0f}', va='center', fontsize=7)
             if key == 'images_per_s' and base:

@@ -191,6 +191,39 @@ def _window_softmax(logits: Tensor, value: Tensor, rpb: Tensor, scale_weights: T
     return torch.einsum('nk,nkd->nd', attn, keys_v)
 
 
+def _dense_window_softmax(logits: Tensor, value: Tensor, rpb: Tensor, scale_weights: Tensor,
+                          kernel_size: int, stride: int) -> Tensor:
+    """Explicit, max-subtracted window softmax for every output (the traced form of the fallback).
+
+    No data-dependent shapes (unlike :func:`_window_softmax`), at ``k * k`` times the memory of
+    ``logits`` and ``value``: under ``torch.compile``/export it runs only when some output needs it.
+
+    Args:
+        logits: ``[B, H, W, L, heads]``. value: ``[B, H, W, heads, d]``.
+        rpb, scale_weights: ``[L, heads, k, k]``.
+
+    Returns:
+        ``[B, H', W', L, heads, d]``.
+    """
+    batch, height, width, num_queries, heads = logits.shape
+    head_dim, kk, pad = value.shape[-1], kernel_size * kernel_size, (kernel_size - 1) // 2
+
+    def windows(x: Tensor) -> Tensor:  # [B, C, H, W] -> [B, C, k * k, H', W']
+        cols = F.unfold(x, kernel_size, padding=pad, stride=stride)
+        out_h, out_w = (height + 2 * pad - kernel_size) // stride + 1, (width + 2 * pad - kernel_size) // stride + 1
+        return cols.view(x.shape[0], x.shape[1], kk, out_h, out_w)
+
+    inside = windows(logits.new_ones(1, 1, height, width)) > 0                 # [1, 1, kk, H', W']
+    scores = windows(logits.permute(0, 3, 4, 1, 2).reshape(batch, -1, height, width))
+    scores = scores.view(batch, num_queries, heads, kk, *scores.shape[-2:]) + rpb.reshape(
+        1, num_queries, heads, kk, 1, 1)
+    scores = scores.masked_fill(~inside.unsqueeze(1), float('-inf'))
+    attn = scores.softmax(dim=3) * scale_weights.reshape(1, num_queries, heads, kk, 1, 1)
+    keys = windows(value.permute(0, 3, 4, 1, 2).reshape(batch, -1, height, width))
+    keys = keys.view(batch, heads, head_dim, kk, *keys.shape[-2:])
+    return torch.einsum('blhkyx,bhdkyx->byxlhd', attn, keys)
+
+
 def _qna2d_exp_space(logits: Tensor, value: Tensor, rpb: Tensor, scale_weights: Tensor,
                      kernel_size: int, stride: int, fallback_margin: float) -> Tensor:
     """The efficient form in full precision: ``[B, H, W, L, h]``, ``[B, H, W, h, d]`` -> ``[B, H', W', h, d]``."""
@@ -226,15 +259,20 @@ def _qna2d_exp_space(logits: Tensor, value: Tensor, rpb: Tensor, scale_weights: 
 
     operands = (ratio, underflow, logits, value, rpb, scale_weights)
     if torch.compiler.is_compiling():
-        # torch.compile / export: the data-dependent branch as torch.cond. Operands enter flattened
-        # (and are viewed back inside): inductor may give 4-D+ intermediates any layout, which
-        # the branch subgraphs then reject (torch 2.13).
+        # torch.compile / export: the data-dependent branch as torch.cond, whose true branch is
+        # the dense fallback (no data-dependent shapes). Operands enter flattened (and are viewed
+        # back inside): inductor may give 4-D+ intermediates any layout, which the branch
+        # subgraphs then reject (torch 2.13).
         shapes = [x.shape for x in operands]
+
+        def dense_fallback(ratio, underflow, logits, value, rpb, scale_weights):
+            exact = _dense_window_softmax(logits, value, rpb, scale_weights, kernel_size, stride)
+            return torch.where(underflow[..., None], exact, ratio).sum(dim=3)
 
         def unflatten(branch):
             return lambda *flat: branch(*(x.view(shape) for x, shape in zip(flat, shapes)))
 
-        return torch.cond(underflow.any(), unflatten(with_fallback), unflatten(without_fallback),
+        return torch.cond(underflow.any(), unflatten(dense_fallback), unflatten(without_fallback),
                           tuple(x.reshape(-1) for x in operands))
     return with_fallback(*operands) if underflow.any() else without_fallback(*operands)
 
