@@ -95,16 +95,17 @@ def test_na_strided_inputs_and_inference_path():
 
 
 @needs_cxx
-@pytest.mark.parametrize('dilation', [1, (2, 3)])
-def test_na2d_compiled_forward_and_backward(dilation):
-    """na2d under torch.compile(fullgraph=True) on CPU (the custom ops): values and gradients."""
+@pytest.mark.parametrize('dilation,backend', [(1, 'auto'), ((2, 3), 'auto'), ((2, 3), 'reference')])
+def test_na2d_compiled_forward_and_backward(dilation, backend):
+    """na2d under torch.compile(fullgraph=True) on CPU (auto: the custom ops; reference: traced
+    gathers, used under compile with dropout): values and gradients."""
     torch._dynamo.reset()
     gen = torch.Generator().manual_seed(0)
     inputs = [torch.randn(2, 9, 13, 2, 8, generator=gen, requires_grad=True) for _ in range(3)]
     rpb = torch.randn(2, 5, 5, generator=gen, requires_grad=True)
 
     def fn(q, k, v, bias):
-        return na2d(q, k, v, 3, dilation=dilation, rpb=bias)
+        return na2d(q, k, v, 3, dilation=dilation, rpb=bias, backend=backend)
 
     grad = torch.randn(2, 9, 13, 2, 8, generator=gen)
     eager = fn(*inputs, rpb)

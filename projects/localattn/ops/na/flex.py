@@ -95,6 +95,7 @@ def na_flex(query: Tensor, key: Tensor, value: Tensor, axes: tuple[AxisSpec, ...
     score_mod = None
     if rpb is not None:
         score_mod = _rpb_score_mod(axes, rpb.to(torch.promote_types(query.dtype, torch.float32)))
-    attend = _compiled_flex() if query.device.type == 'cuda' else flex_attention
+    # eager CUDA: the compiled kernel; inside torch.compile the outer compilation handles flex_attention
+    attend = _compiled_flex() if query.device.type == 'cuda' and not torch.compiler.is_compiling() else flex_attention
     out = attend(q, k, v, score_mod=score_mod, block_mask=block_mask(axes, query.device), scale=scale)
     return out.transpose(1, 2).reshape(query.shape)

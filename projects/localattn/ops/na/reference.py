@@ -34,8 +34,8 @@ def neighbour_table(axes: tuple[AxisSpec, ...]) -> tuple[Tensor, Tensor, Tensor]
             index = index * ax.length + keys
             valid = valid & ok
             rel = rel * (2 * ax.kernel - 1) + r
-    n_q = math.prod(ax.length for ax in axes)
-    n_k = math.prod(ax.kernel for ax in axes)
+    n_q = math.prod([ax.length for ax in axes])  # lists: dynamo cannot pass generators to math.prod
+    n_k = math.prod([ax.kernel for ax in axes])
     full = [ax.length for ax in axes] + [ax.kernel for ax in axes]
     valid = valid.expand(full).reshape(n_q, n_k)
     index, rel = (x.expand(full).reshape(n_q, n_k) for x in (index, rel))
