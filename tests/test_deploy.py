@@ -360,3 +360,12 @@ def test_presets_build(name):
     # paper totals minus the ImageNet head (C_last x 1000 + 1000)
     expected = {'nat-tiny': 27.4, 'dinat-tiny': 27.4, 'qnavit-tiny': 15.2, 'swin-t': 27.5, 'resnet-50': 23.5}[name]
     assert math.isclose(params, expected, rel_tol=0.03), params
+
+
+def test_build_backbone_leaves_the_default_scope_alone():
+    from mmengine.registry import DefaultScope
+    before = DefaultScope.get_current_instance()
+    build_backbone('resnet-50')
+    build_backbone("NAT:arch='mini'", scope='mmpretrain')
+    after = DefaultScope.get_current_instance()
+    assert (before and before.scope_name) == (after and after.scope_name)

@@ -39,9 +39,13 @@ HASH="$(inputs_hash)"
 PY="$VENV/bin/python"
 
 stack_imports() {
-    "$PY" - <<'EOF' >/dev/null 2>&1
+    LOCALATTN_ROOT="$ROOT" "$PY" - <<'EOF' >/dev/null 2>&1
+import os
 import torch, torchvision, mmcv, mmcv.ops, mmengine, mmdet, mmseg, mmpretrain, localattn  # noqa: F401
 from mmcv.ops import roi_align, nms  # compiled ops present
+# the editable install must point at this checkout (a venv copied from another clone does not)
+root = os.path.realpath(os.environ['LOCALATTN_ROOT'])
+assert os.path.realpath(localattn.__file__).startswith(os.path.join(root, 'projects') + os.sep)
 EOF
 }
 

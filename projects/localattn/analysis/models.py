@@ -105,12 +105,14 @@ def _split_args(text: str) -> list[str]:
 
 def build_backbone(spec: str, scope: str = 'mmdet', **overrides) -> nn.Module:
     """Build the backbone of ``spec``; ``overrides`` update its config (e.g. ``out_indices=(3,)``)."""
+    import importlib
+
     import localattn  # noqa: F401  registers the localattn backbones
-    from mmengine.registry import init_default_scope
+    from mmengine.registry import DefaultScope
     scope, cfg = parse_spec(spec, scope)
     cfg.pop('init_cfg', None)
     cfg.pop('_delete_', None)
     cfg.update(overrides)
-    init_default_scope(scope)
-    from mmengine.registry import MODELS
-    return MODELS.build(cfg)
+    registry = importlib.import_module(f'{scope}.registry').MODELS
+    with DefaultScope.overwrite_default_scope(scope):  # restored afterwards: no global side effect
+        return registry.build(cfg)
