@@ -136,8 +136,8 @@ def test_export_does_not_cache_fake_tables():
     torch.testing.assert_close(Layer()(q), na2d(q, q, q, 5, dilation=3, backend='reference'))
 
 
-def test_auto_backend_under_export_is_reference():
-    """torch.export of the NA layer holds only aten ops (no localattn custom op)."""
+def test_auto_backend_under_export_is_unrolled():
+    """torch.export of NA holds only aten ops (no localattn custom op, no k*k gather table)."""
     q = torch.randn(1, 8, 8, 2, 4)
 
     class Layer(nn.Module):
@@ -147,6 +147,7 @@ def test_auto_backend_under_export_is_reference():
     program = torch.export.export(Layer(), (q, ), strict=False)
     targets = {str(node.target) for node in program.graph.nodes if node.op == 'call_function'}
     assert not any('localattn' in t for t in targets), targets
+    assert 'aten.index_select.default' in targets and 'aten.index.Tensor' not in targets, targets
     torch.testing.assert_close(program.module()(q), Layer()(q), rtol=1e-5, atol=1e-6)
 
 

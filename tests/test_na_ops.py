@@ -21,7 +21,7 @@ from localattn.ops.na.tiled import na_tiled
 
 OPS = {1: na1d, 2: na2d, 3: na3d}
 # 'tiled' runs the compiled kernel when a compiler is available; 'tiled-torch' forces the torch tiles
-CPU_BACKENDS = ('reference', 'tiled', 'tiled-torch')
+CPU_BACKENDS = ('reference', 'unrolled', 'tiled', 'tiled-torch')
 
 
 @pytest.fixture(params=CPU_BACKENDS)
@@ -111,7 +111,7 @@ def test_random_configs_match_oracle(seed):
                       valid=case['valid'])
     kwargs = dict(dilation=tuple(case['dilation']), stride=tuple(case['stride']),
                   is_causal=tuple(case['causal']), rpb=rpb, valid_size=tuple(case['valid']))
-    for backend in ('reference', 'tiled'):
+    for backend in ('reference', 'unrolled', 'tiled'):
         out = OPS[len(case['spatial'])](q, k, v, tuple(case['kernel']), backend=backend, **kwargs)
         torch.testing.assert_close(out, expected, rtol=1e-10, atol=1e-10, msg=f'{backend} {case}')
     # torch tiles with explicit small tiles: many tiles per axis, halos clipped at borders and group ends
@@ -230,7 +230,7 @@ def test_valid_size_masks_keys_and_zeroes_empty_queries(backend):
     torch.testing.assert_close(out, expected)
 
 
-@pytest.mark.parametrize('backend', ['reference', 'tiled'])
+@pytest.mark.parametrize('backend', ['reference', 'unrolled', 'tiled'])
 def test_dropout(backend):
     """Dropout on the attention weights: random per call and element, unbiased (mean over 400 draws)."""
     q, k, v, _ = make_inputs((5, 5), (3, 3), rpb=False, heads=1, batch=1)
@@ -332,7 +332,7 @@ def test_tiled_memory_is_linear(backend):
     (lambda q: na1d(q, q, q, 3), 'query must have 4 dims'),
     (lambda q: na3d(q, q, q, 3), 'query must have 6 dims'),
     (lambda q: na2d(q, q, q, 3, backend='cuda'),
-     r"backend must be one of \('auto', 'reference', 'tiled', 'flex', 'natten'\)"),
+     r"backend must be one of \('auto', 'reference', 'tiled', 'unrolled', 'flex', 'natten'\)"),
     (lambda q: na2d(q, q, q, 3, valid_size=(0, 4)), r'valid_size \(0\) must be in \[1, 10\]'),
     (lambda q: na2d(q, q, q, 3, dropout_p=1.0), 'dropout_p must be in'),
     (lambda q: na2d(q, q, q, 3, dropout_p=0.1, backend='flex'), 'flex.* dropout_p'),
@@ -344,7 +344,7 @@ def test_errors(call, match):
 
 
 def test_backend_names():
-    assert BACKENDS == ('auto', 'reference', 'tiled', 'flex', 'natten')
+    assert BACKENDS == ('auto', 'reference', 'tiled', 'unrolled', 'flex', 'natten')
 
 
 def test_empty_batch():

@@ -5,8 +5,9 @@ How the backbones trace (``torch.compile``, ``torch.export``, ONNX):
 * Neighbourhood attention: under ``torch.compile`` on CPU the compiled kernel runs as the custom ops
   ``localattn::na_cpu_forward`` / ``na_cpu_backward`` (opaque to the compiler, no graph break); on
   CUDA the ``flex`` backend is used. Under ``torch.export`` / ONNX export the ``auto`` backend
-  switches to ``reference`` (gathers and einsums: plain ONNX ops). Its index tables are constants
-  of the traced input size, so an exported model takes that input size only.
+  switches to ``unrolled`` (per-window-offset ``index_select`` gathers, einsums and a softmax: plain
+  ONNX ops, :mod:`localattn.ops.na.unrolled`). Its index tables are constants of the traced input
+  size, so an exported model takes that input size only.
 * QnA: the rare exact fallback of :func:`~localattn.ops.qna2d` becomes a ``torch.cond`` (an ONNX
   ``If``), so nothing is dropped from the traced graph.
 * The window self-attention of QnA-ViT uses 4-D ``scaled_dot_product_attention``.

@@ -11,8 +11,9 @@ from .indexing import AxisSpec
 from . import native
 from .reference import na_reference
 from .tiled import na_tiled
+from .unrolled import na_unrolled
 
-BACKENDS = ('auto', 'reference', 'tiled', 'flex', 'natten')
+BACKENDS = ('auto', 'reference', 'tiled', 'unrolled', 'flex', 'natten')
 DTYPES = (torch.float16, torch.bfloat16, torch.float32, torch.float64)
 IntArg = Union[int, Sequence[int]]
 BoolArg = Union[bool, Sequence[bool]]
@@ -120,8 +121,8 @@ def _resolve_backend(backend: str, query: Tensor, rpb: Tensor | None, axes: tupl
         raise ValueError(f'backend must be one of {BACKENDS}, got {backend!r}')
     plain = rpb is None and dropout_p == 0 and all(ax.valid is None for ax in axes)
     if backend == 'auto':
-        if torch.compiler.is_exporting():  # torch.export / ONNX: plain aten ops only
-            return 'reference'
+        if torch.compiler.is_exporting():  # torch.export / ONNX: plain indexing ops only
+            return 'unrolled'
         if torch.compiler.is_compiling():  # the tiled autograd Function does not trace: custom op or reference
             if query.device.type == 'cpu':
                 return 'tiled' if dropout_p == 0 and native_available() else 'reference'
@@ -154,6 +155,8 @@ def _na(n: int, query: Tensor, key: Tensor, value: Tensor, kernel_size: IntArg, 
         return torch.empty_like(query)
     if backend == 'reference':
         return na_reference(query, key, value, axes, rpb, scale, dropout_p)
+    if backend == 'unrolled':
+        return na_unrolled(query, key, value, axes, rpb, scale, dropout_p)
     if backend == 'tiled':
         if dropout_p == 0 and query.device.type == 'cpu' and native_available():
             return native.na_native(query, key, value, axes, rpb, scale)
@@ -205,7 +208,10 @@ def na2d(query: Tensor, key: Tensor, value: Tensor, kernel_size: IntArg, *, dila
             key output zeros.
         dropout_p: dropout probability applied to the attention weights (not on ``flex``/``natten``).
         backend: one of ``'auto'`` (CUDA: natten when installed and applicable, else flex; fp64,
-            dropout and CPU: tiled), ``'reference'`` (explicit gather), ``'tiled'`` (CPU: the compiled
+            dropout and CPU: tiled; under torch.export / ONNX export: unrolled; under torch.compile:
+            tiled (the CPU kernel as a custom op) or flex, reference with dropout),
+            ``'reference'`` (explicit gather), ``'unrolled'`` (per-offset gathers in standard ops,
+            :mod:`~localattn.ops.na.unrolled`), ``'tiled'`` (CPU: the compiled
             exact kernel of :mod:`~localattn.ops.na.native` when a C++ compiler is available and no
             dropout, else pure-torch tiles of :mod:`~localattn.ops.na.tiled`, also on CUDA),
             ``'flex'``, ``'natten'``.
