@@ -11,8 +11,11 @@ It needs nothing but a C++ compiler: the source below is built once with ``$CXX`
 (no torch headers, builds in seconds). Without a compiler, when the build fails, or with
 ``LOCALATTN_NA_NATIVE=0``, :func:`library` returns ``None`` and the pure-torch tiles are used instead.
 
-Forward saves the log-sum-exp and the ``prod(k)`` neighbour probabilities per (query, head) (scalars,
-no copies of K/V); backward computes ``dP = dO . V`` per query, then ``dq`` and the RPB gradient, and
+The kernels are the custom ops ``localattn::na_cpu_forward`` / ``na_cpu_backward`` (``torch.library``,
+with fake implementations and autograd), so ``torch.compile`` keeps them whole. The forward reads q and
+v with their strides (slices of a fused qkv projection are not copied) and, when a gradient is needed,
+saves the log-sum-exp and the ``prod(k)`` neighbour probabilities per (query, head) (scalars, no
+copies of K/V); backward computes ``dP = dO . V`` per query, then ``dq`` and the RPB gradient, and
 scatters ``dk``/``dv`` when every thread owns whole (batch, head) slices; otherwise ``dk``/``dv`` come
 from a second pass per key over the queries whose window holds it (probabilities recomputed from the
 log-sum-exp). No races, no atomics. fp16/bf16 run in fp32 (inputs upcast), fp64 in fp64.
