@@ -33,7 +33,9 @@ Numerical safety:
   windows (gathered, with their own maximum). This criterion covers both a window whose logits lie
   far below ``c`` and one whose only large logits sit at offsets with a very negative bias, and it
   bounds the backward of ``1 / den`` (``1 / den ** 2 <= exp(60)``). The fallback is rare for
-  normalised inputs; its memory is ``k * k * head_dim`` per recomputed entry.
+  normalised inputs; its memory is ``k * k * head_dim`` per recomputed entry. While torch traces
+  (``torch.compile``, export) the branch is a ``torch.cond`` whose true branch recomputes every
+  window densely (no data-dependent shapes; ``k * k`` times the inputs' memory, only when taken).
 """
 from __future__ import annotations
 
