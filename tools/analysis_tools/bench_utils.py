@@ -146,3 +146,20 @@ def run_isolated(path: str, function: str, kwargs: dict, timeout: float) -> dict
             return json.loads(line[len(RESULT_PREFIX):])
     tail = (proc.stderr or proc.stdout).strip().splitlines()[-1:] or [f'exit code {proc.returncode}']
     return dict(status='error', note=tail[0][:300])
+
+
+def format_case(row: dict, method_width: int = 15) -> str:
+    """One progress line for an op-benchmark row (``method``, ``resolution``, ``kernel``, ``mode`` and results)."""
+    head = f"{row['method']:>{method_width}s} {row['resolution']:>4d}px k{row['kernel']:<3d} {row['mode']:>8s}"
+    if row.get('status') != 'ok':
+        return f"{head}  {row.get('status')}: {row.get('note', '')}"
+    return (f"{head}  {row['time_ms']:10.2f} ms (best {row['time_min_ms']:.2f}, cpu best {row['cpu_min_ms']:.2f})"
+            f"  {row['peak_mem_mb']:9.1f} MB")
+
+
+def lookup(rows: list[dict], method: str, resolution: int, kernel: int, mode: str, key: str) -> float | None:
+    """``key`` of the row of (method, resolution, kernel, mode); ``None`` if absent or not ``ok``."""
+    for r in rows:
+        if (r['method'], r['resolution'], r['kernel'], r['mode']) == (method, resolution, kernel, mode):
+            return r.get(key) if r.get('status') == 'ok' else None
+    return None

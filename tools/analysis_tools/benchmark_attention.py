@@ -42,7 +42,7 @@ import torch.nn.functional as F
 from torch import Tensor
 
 sys.path.insert(0, osp.dirname(osp.abspath(__file__)))
-from bench_utils import measure_case, run_isolated  # noqa: E402
+from bench_utils import format_case, lookup, measure_case, run_isolated  # noqa: E402
 
 METHODS = ('na-tiled', 'na-tiled-torch', 'na-gather', 'na-flex', 'natten', 'sdpa-masked', 'window', 'sdpa-full')
 FIELDS = ('method', 'resolution', 'kernel', 'mode', 'status', 'time_ms', 'time_min_ms', 'cpu_ms', 'cpu_min_ms',
@@ -186,23 +186,8 @@ def run_na_suite(args: argparse.Namespace) -> list[dict]:
                                                 dict(kwargs, repeats=args.repeats, max_seconds=args.max_seconds),
                                                 args.timeout))
                     rows.append(row)
-                    print(_format(row), flush=True)
+                    print(format_case(row), flush=True)
     return rows
-
-
-def _format(row: dict) -> str:
-    head = f"{row['method']:>15s} {row['resolution']:>4d}px k{row['kernel']:<3d} {row['mode']:>8s}"
-    if row.get('status') != 'ok':
-        return f"{head}  {row.get('status')}: {row.get('note', '')}"
-    return (f"{head}  {row['time_ms']:10.2f} ms (best {row['time_min_ms']:.2f}, cpu best {row['cpu_min_ms']:.2f})"
-            f"  {row['peak_mem_mb']:9.1f} MB")
-
-
-def _lookup(rows: list[dict], method: str, resolution: int, kernel: int, mode: str, key: str) -> float | None:
-    for r in rows:
-        if (r['method'], r['resolution'], r['kernel'], r['mode']) == (method, resolution, kernel, mode):
-            return r.get(key) if r.get('status') == 'ok' else None
-    return None
 
 
 def summary(rows: list[dict], metric: str, kernel: int = 7) -> str:
@@ -211,14 +196,14 @@ def summary(rows: list[dict], metric: str, kernel: int = 7) -> str:
     for resolution in (56, 112):
         for mode, label in (('train', 'fwd+bwd'), ('forward', 'forward')):
             for other in ('sdpa-masked', 'na-gather', 'window', 'na-tiled-torch'):
-                ours = _lookup(rows, 'na-tiled', resolution, kernel, mode, metric)
-                theirs = _lookup(rows, other, resolution, kernel, mode, metric)
+                ours = lookup(rows, 'na-tiled', resolution, kernel, mode, metric)
+                theirs = lookup(rows, other, resolution, kernel, mode, metric)
                 if ours and theirs:
                     lines.append(f'- {resolution}x{resolution}, k={kernel}, {label}: {other} / na-tiled = '
                                  f'{theirs:.1f} / {ours:.1f} ms = **{theirs / ours:.2f}x**')
     resolutions = sorted({r['resolution'] for r in rows})
     for key, label in ((metric, 'time'), ('peak_mem_mb', 'peak memory')):
-        values = [(res, _lookup(rows, 'na-tiled', res, kernel, 'train', key)) for res in resolutions]
+        values = [(res, lookup(rows, 'na-tiled', res, kernel, 'train', key)) for res in resolutions]
         values = [(res, v) for res, v in values if v]
         if len(values) >= 2:
             steps = ', '.join(f'{b[0]}px/{a[0]}px: {b[1] / a[1]:.2f}x' for a, b in zip(values, values[1:]))

@@ -42,7 +42,7 @@ import torch.nn.functional as F
 from torch import Tensor
 
 sys.path.insert(0, osp.dirname(osp.abspath(__file__)))
-from bench_utils import measure_case, run_isolated  # noqa: E402
+from bench_utils import format_case, lookup, measure_case, run_isolated  # noqa: E402
 
 QNA_METHODS = ('qna', 'qna-layer', 'sasa', 'sasa-layer', 'na-tiled')
 QNA_RESOLUTIONS = (56, 112)
@@ -163,7 +163,7 @@ def run_qna_suite(args: argparse.Namespace) -> list[dict]:
             for method in methods:
                 for mode in MODES:
                     rows.append(_run_row(args, method, resolution, kernel, mode))
-                    print(_format(rows[-1]), flush=True)
+                    print(format_case(rows[-1], method_width=11), flush=True)
     os.makedirs(args.out_dir, exist_ok=True)
     with open(osp.join(args.out_dir, 'qna_results.csv'), 'w', newline='', encoding='utf-8') as f:
         writer = csv.DictWriter(f, FIELDS, extrasaction='ignore')
@@ -192,28 +192,13 @@ def _run_row(args: argparse.Namespace, method: str, resolution: int, kernel: int
     return row
 
 
-def _format(row: dict) -> str:
-    head = f"{row['method']:>11s} {row['resolution']:>4d}px k{row['kernel']:<3d} {row['mode']:>8s}"
-    if row.get('status') != 'ok':
-        return f"{head}  {row.get('status')}: {row.get('note', '')}"
-    return (f"{head}  {row['time_ms']:10.2f} ms (best {row['time_min_ms']:.2f}, cpu best {row['cpu_min_ms']:.2f})"
-            f"  {row['peak_mem_mb']:9.1f} MB")
-
-
-def _value(rows: list[dict], method: str, resolution: int, kernel: int, mode: str, key: str) -> float | None:
-    for r in rows:
-        if (r['method'], r['resolution'], r['kernel'], r['mode']) == (method, resolution, kernel, mode):
-            return r.get(key) if r.get('status') == 'ok' else None
-    return None
-
-
 def _table(rows: list[dict], key: str, mode: str, resolution: int) -> list[str]:
     """Markdown table of ``key`` for every method (columns) and kernel (rows)."""
     methods = [m for m in QNA_METHODS if any(r['method'] == m for r in rows)]
     kernels = sorted({r['kernel'] for r in rows if r['resolution'] == resolution})
     lines = ['| k | ' + ' | '.join(methods) + ' |', '|---|' + '---:|' * len(methods)]
     for kernel in kernels:
-        cells = [_value(rows, m, resolution, kernel, mode, key) for m in methods]
+        cells = [lookup(rows, m, resolution, kernel, mode, key) for m in methods]
         lines.append(f'| {kernel} | ' + ' | '.join('-' if c is None else f'{c:.1f}' for c in cells) + ' |')
     return lines
 
@@ -249,8 +234,8 @@ def summary(rows: list[dict], metric: str) -> str:
             for method in ('qna', 'qna-layer'):
                 lines.append(_ratio_line(
                     f'{resolution}px {what} {method} peak memory k={hi} / k={lo}',
-                    _value(rows, method, resolution, hi, mode, 'peak_mem_mb'),
-                    _value(rows, method, resolution, lo, mode, 'peak_mem_mb'), 1.3, at_most=True))
+                    lookup(rows, method, resolution, hi, mode, 'peak_mem_mb'),
+                    lookup(rows, method, resolution, lo, mode, 'peak_mem_mb'), 1.3, at_most=True))
     if 13 in kernels:
         for resolution in resolutions:
             for mode in MODES:
@@ -259,8 +244,8 @@ def summary(rows: list[dict], metric: str) -> str:
                     for key, label, target in ((metric, 'time', 5), ('peak_mem_mb', 'memory', 10)):
                         lines.append(_ratio_line(
                             f'{resolution}px {what} k=13 {label} {theirs} / {ours}',
-                            _value(rows, theirs, resolution, 13, mode, key),
-                            _value(rows, ours, resolution, 13, mode, key), target))
+                            lookup(rows, theirs, resolution, 13, mode, key),
+                            lookup(rows, ours, resolution, 13, mode, key), target))
     return '\n'.join(lines).lstrip('\n')
 
 
