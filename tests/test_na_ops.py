@@ -17,7 +17,7 @@ import torch
 from localattn.ops.na import BACKENDS, native, na1d, na2d, na3d
 from localattn.ops.na.functional import natten_available
 from localattn.ops.na.indexing import AxisSpec
-from localattn.ops.na.tiled import na_tiled
+from localattn.ops.na.backends.tiles import na_tiled
 
 OPS = {1: na1d, 2: na2d, 3: na3d}
 # 'tiled' runs the compiled kernel when a compiler is available; 'tiled-torch' forces the torch tiles

@@ -6,6 +6,7 @@ path), ``tiled`` (CPU: a compiled exact kernel,
 :mod:`.native`; elsewhere, with dropout or without a compiler: pure-torch tiles, :mod:`.tiled`),
 ``flex`` (torch FlexAttention, CUDA), ``natten`` (the optional NATTEN package); ``auto`` picks one.
 """
+from .backends import native
 from .functional import BACKENDS, na1d, na2d, na3d
 
 __all__ = ['BACKENDS', 'na1d', 'na2d', 'na3d']

@@ -8,10 +8,10 @@ import torch
 from torch import Tensor
 
 from .indexing import AxisSpec
-from . import native
-from .reference import na_reference
-from .tiled import na_tiled
-from .unrolled import na_unrolled
+from .backends import native
+from .backends.reference import na_reference
+from .backends.tiles import na_tiled
+from .backends.unrolled import na_unrolled
 
 BACKENDS = ('auto', 'reference', 'tiled', 'unrolled', 'flex', 'natten')
 DTYPES = (torch.float16, torch.bfloat16, torch.float32, torch.float64)
@@ -162,7 +162,7 @@ def _na(n: int, query: Tensor, key: Tensor, value: Tensor, kernel_size: IntArg, 
             return native.na_native(query, key, value, axes, rpb, scale)
         return na_tiled(query, key, value, axes, rpb, scale, dropout_p)
     if backend == 'flex':
-        from .flex import na_flex
+        from .backends.flex import na_flex
         return na_flex(query, key, value, axes, rpb, scale)
     return _natten(query, key, value, axes, scale)
 

@@ -38,8 +38,8 @@ from typing import NamedTuple
 import torch
 from torch import Tensor
 
-from ..caching import table_cache
-from .indexing import AxisSpec, axis_inverse, axis_windows
+from ...caching import table_cache
+from ..indexing import AxisSpec, axis_inverse, axis_windows
 
 PAD = 8  # zero columns after each transposed row (one vector step)
 FLAGS = ('-O3', '-march=native', '-fopenmp-simd', '-shared', '-fPIC', '-std=c++17', '-pthread')

@@ -20,7 +20,7 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor
 
-from .indexing import AxisSpec, axis_windows
+from ..indexing import AxisSpec, axis_windows
 
 
 def _axis_tables(ax: AxisSpec, device: torch.device) -> tuple[Tensor, Tensor, Tensor]:

@@ -22,8 +22,8 @@ from typing import NamedTuple
 import torch
 from torch import Tensor
 
-from ..caching import table_cache
-from .indexing import AxisSpec, axis_tiles
+from ...caching import table_cache
+from ..indexing import AxisSpec, axis_tiles
 
 # Tile edge per number of spatial axes (rounded up to a multiple of the stride, capped by the axis).
 DEFAULT_TILE = {1: 64, 2: 8, 3: 4}

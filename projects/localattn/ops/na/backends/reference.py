@@ -7,7 +7,7 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor
 
-from .indexing import AxisSpec, axis_windows
+from ..indexing import AxisSpec, axis_windows
 
 
 def neighbour_table(axes: tuple[AxisSpec, ...]) -> tuple[Tensor, Tensor, Tensor]:

@@ -16,8 +16,8 @@ import torch
 from torch import Tensor
 from torch.nn.attention.flex_attention import BlockMask, flex_attention
 
-from ..caching import table_cache
-from .indexing import AxisSpec, axis_windows
+from ...caching import table_cache
+from ..indexing import AxisSpec, axis_windows
 from .reference import neighbour_table
 
 BLOCK = 128

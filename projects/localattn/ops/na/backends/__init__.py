@@ -1,0 +1,1 @@
+"""Neighbourhood-attention backends, one implementation per file; :mod:`..functional` picks one."""
