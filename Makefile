@@ -3,13 +3,20 @@ VENV ?= .venv
 PY := $(VENV)/bin/python
 PYTEST_ARGS ?=
 
-.PHONY: setup test demo bench-attention
+.PHONY: setup test lint demo bench-attention
 
 setup:
 	bash tools/setup_env.sh
 
 test: setup
 	$(PY) -m pytest $(PYTEST_ARGS)
+
+# ruff (pyflakes, pycodestyle, isort, bugbear; settings in ruff.toml), installed by `make setup`
+# (requirements/tests.txt). LINT_ARGS=--fix applies the automatic fixes.
+LINT_ARGS ?=
+lint:
+	@test -x $(VENV)/bin/ruff || { echo "$(VENV)/bin/ruff not found: run 'make setup' first" >&2; exit 1; }
+	$(VENV)/bin/ruff check $(LINT_ARGS) .
 
 bench-attention: setup
 	$(PY) tools/analysis_tools/benchmark_attention.py --suite all
