@@ -106,8 +106,9 @@ def test_demo_configs_default_data_root_is_repo_relative(config, tmp_path, monke
 
 
 def test_demo_data_root_options_point_every_loader_at_the_root(data_root):
-    from mmengine.config import Config, DictAction
     import argparse
+
+    from mmengine.config import Config, DictAction
     parser = argparse.ArgumentParser()
     parser.add_argument('--cfg-options', nargs='+', action=DictAction)
     for config, scope, sub in ((SEG_CONFIG, 'mmseg', 'seg'), (DET_CONFIG, 'mmdet', 'det'),
@@ -202,7 +203,7 @@ def test_dist_train_two_gloo_processes(data_root, tmp_path):
            '--cfg-options', *demo.data_root_options('mmpretrain', data_root),
            'train_cfg.max_iters=2', 'train_cfg.val_interval=2', 'default_hooks.logger.interval=1',
            'train_dataloader.batch_size=2', 'val_dataloader.batch_size=2']
-    for attempt in range(2):
+    for _attempt in range(2):
         # the free port is found by binding and releasing it: another process may grab it first
         env = {**_env(), 'PYTHON': sys.executable, 'PORT': str(_free_port())}
         proc = subprocess.run(cmd, cwd=str(tmp_path), capture_output=True, text=True, timeout=600,

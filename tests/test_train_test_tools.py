@@ -6,7 +6,6 @@ import subprocess
 import sys
 
 import pytest
-import torch
 
 from localattn.checkpoint import load_local_checkpoint
 

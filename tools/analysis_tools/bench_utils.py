@@ -4,9 +4,10 @@ A benchmark case is a ``build`` callable returning ``(fn, inputs)``: ``fn(*input
 returns one tensor; ``inputs`` are the tensors it reads (those with ``requires_grad`` get gradients).
 
 * :func:`measure_case` times ``fn`` in the current process (wall and CPU time, median and min over up
-  to ``repeats`` runs after one warm-up run, forward only under ``no_grad`` or forward + backward with a fixed random output
-  gradient) and measures its peak memory during the warm-up run, the first thing it runs: on CUDA
-  the growth of ``torch.cuda.max_memory_allocated``; on CPU the growth of the process' peak resident set size
+  to ``repeats`` runs after one warm-up run, forward only under ``no_grad`` or forward + backward
+  with a fixed random output gradient) and measures its peak memory during the warm-up run, the
+  first thing it runs: on CUDA the growth of ``torch.cuda.max_memory_allocated``; on CPU the growth
+  of the process' peak resident set size
   (``VmHWM``, reset through ``/proc/self/clear_refs`` first; without it the lifetime peak
   ``ru_maxrss``, which is only meaningful in a fresh process).
 * :func:`run_isolated` runs ``function(**kwargs)`` from a Python file in a fresh interpreter and returns
