@@ -1,0 +1,296 @@
+"""Triton kernels of the ``triton`` NA backend (imported lazily by :mod:`.triton`; needs ``triton``).
+
+Every kernel works on one dilation group at a time: with dilation ``(dy, dx)`` the map splits into
+``dy * dx`` interleaved sub-maps (group ``(gy, gx)`` holds the global positions ``gy + dy * i``,
+``gx + dx * j``), and NA with dilation is plain NA inside each sub-map. Groups are never copied: the
+kernels address the group's tokens through the tensors' strides (heads-last ``[B, Y, X, heads, D]``,
+last dim contiguous), so slices of a fused qkv projection are read in place.
+
+Tiles are 2-D boxes of the group's local coordinates. A forward / dq program owns a ``TQH x TQW``
+query tile and walks the key box its windows cover (at most ``TQH + k - 1`` rows of
+``TQW + k - 1`` columns, since window starts move by at most one per query step), one box row at a
+time in chunks of ``KW`` columns; the dk/dv program owns a ``TKH x TKW`` key tile and walks the
+queries whose windows hold those keys (inverse windows, wider at the borders), one row at a time in
+chunks of ``QW`` columns. Pairs outside the exact window are masked, so every output is exact.
+
+Window rule (stride 1, non-causal), local index ``i`` on an axis of group length ``Lg``:
+``start(i) = clamp(i - k // 2, 0, Lg - k)``; key ``j`` is in the window of queries
+``first(j) .. last(j)`` with ``first(j) = 0 if j <= k - 1 else j - (k - 1 - k // 2)`` and
+``last(j) = Lg - 1 if j >= Lg - k else j + k // 2``. Keys at global index ``>= valid`` are dropped.
+
+Softmax statistics are kept in base 2 (``log2(e)`` folded into the scale). The RPB gradient is
+accumulated per program in registers (binned by relative offset) and written to a per-program slot
+of a partial buffer that the host sums: no atomics, deterministic, race-free by construction.
+"""
+import triton
+import triton.language as tl
+
+LOG2E = 1.4426950408889634
+_SIZES = ['Ly', 'Lx', 'kyk', 'kxk', 'dy', 'dx', 'Vy', 'Vx', 'tiles_y', 'tiles_x']
+
+
+@triton.jit
+def _group_len(length, dil, g):
+    """Number of positions of dilation group ``g`` on an axis of ``length``."""
+    return (length - g + dil - 1) // dil
+
+
+@triton.jit
+def _window_start(i, lg, k):
+    """First key (local index) of the window of local query ``i``."""
+    return tl.minimum(tl.maximum(i - k // 2, 0), lg - k)
+
+
+@triton.jit
+def _decode_tile(pid, tiles_y, tiles_x, dx):
+    tx = pid % tiles_x
+    t = pid // tiles_x
+    ty = t % tiles_y
+    t = t // tiles_y
+    return t // dx, t % dx, ty, tx
+
+
+@triton.jit
+def _dot(a, b, IEEE: tl.constexpr, UPCAST: tl.constexpr):
+    """``a @ b`` with fp32 accumulation: exact fp32 products for fp32 inputs (``IEEE``); ``UPCAST``
+    feeds fp16/bf16 operands as fp32 (the products are exact either way), which Triton's CPU
+    interpreter needs for bf16."""
+    if IEEE or UPCAST:
+        return tl.dot(a.to(tl.float32), b.to(tl.float32), input_precision='ieee')
+    return tl.dot(a, b)
+
+
+@triton.jit(do_not_specialize=_SIZES)
+def na2d_fwd_kernel(Q, K, V, O, LSE, RPB,
+                    sqb, sqy, sqx, sqh, skb, sky, skx, skh, svb, svy, svx, svh, sob, soy, sox, soh,
+                    heads, Ly, Lx, kyk, kxk, dy, dx, Vy, Vx, tiles_y, tiles_x, scale2,
+                    D: tl.constexpr, BD: tl.constexpr, TQH: tl.constexpr, TQW: tl.constexpr,
+                    KW: tl.constexpr, HAS_RPB: tl.constexpr, IEEE: tl.constexpr,
+                    UPCAST: tl.constexpr):
+    """Forward: one program = one query tile of one dilation group, one (batch, head)."""
+    gy, gx, ty, tx = _decode_tile(tl.program_id(0), tiles_y, tiles_x, dx)
+    bh = tl.program_id(1)
+    b = (bh // heads).to(tl.int64)
+    h = bh % heads
+    lgy = _group_len(Ly, dy, gy)
+    lgx = _group_len(Lx, dx, gx)
+    y0 = ty * TQH
+    x0 = tx * TQW
+    if (y0 < lgy) & (x0 < lgx):
+        BQ: tl.constexpr = TQH * TQW
+        qi = tl.arange(0, BQ)
+        qy = y0 + qi // TQW
+        qx = x0 + qi % TQW
+        q_ok = (qy < lgy) & (qx < lgx)
+        sy = _window_start(qy, lgy, kyk)
+        sx = _window_start(qx, lgx, kxk)
+        d = tl.arange(0, BD)
+        d_ok = d < D
+        q = tl.load(Q + b * sqb + h * sqh + ((gy + dy * qy) * sqy + (gx + dx * qx) * sqx)[:, None] + d[None, :],
+                    mask=q_ok[:, None] & d_ok[None, :], other=0.)
+        r_lo = _window_start(y0, lgy, kyk)
+        r_hi = _window_start(tl.minimum(y0 + TQH, lgy) - 1, lgy, kyk) + kyk
+        c_lo = _window_start(x0, lgx, kxk)
+        c_hi = _window_start(tl.minimum(x0 + TQW, lgx) - 1, lgx, kxk) + kxk
+        rx_n = 2 * kxk - 1
+        rpb_h = RPB + h * (2 * kyk - 1) * rx_n
+        m = tl.full([BQ], float('-inf'), tl.float32)
+        l = tl.zeros([BQ], tl.float32)
+        acc = tl.zeros([BQ, BD], tl.float32)
+        for r in range(r_lo, r_hi):
+            yk = gy + dy * r
+            row_in = q_ok & (r >= sy) & (r < sy + kyk)
+            for c0 in range(c_lo, c_hi, KW):
+                kc = c0 + tl.arange(0, KW)
+                xk = gx + dx * kc
+                k_ok = (kc < c_hi) & (xk < Vx) & (yk < Vy)
+                kt = tl.load(K + b * skb + h * skh + yk * sky + (xk * skx)[None, :] + d[:, None],
+                             mask=k_ok[None, :] & d_ok[:, None], other=0.)
+                s = _dot(q, kt, IEEE, UPCAST) * scale2
+                inwin = (row_in[:, None] & k_ok[None, :] & (kc[None, :] >= sx[:, None])
+                         & (kc[None, :] < sx[:, None] + kxk))
+                if HAS_RPB:
+                    ridx = (r - qy + kyk - 1)[:, None] * rx_n + (kc[None, :] - qx[:, None] + kxk - 1)
+                    s += tl.load(rpb_h + ridx, mask=inwin, other=0.) * LOG2E
+                s = tl.where(inwin, s, float('-inf'))
+                m_new = tl.maximum(m, tl.max(s, 1))
+                m_use = tl.where(m_new == float('-inf'), 0., m_new)
+                p = tl.exp2(s - m_use[:, None])
+                alpha = tl.exp2(m - m_use)
+                l = l * alpha + tl.sum(p, 1)
+                v = tl.load(V + b * svb + h * svh + yk * svy + (xk * svx)[:, None] + d[None, :],
+                            mask=k_ok[:, None] & d_ok[None, :], other=0.)
+                acc = acc * alpha[:, None] + _dot(p.to(v.dtype), v, IEEE, UPCAST)
+                m = m_new
+        has = l > 0
+        out = acc / tl.where(has, l, 1.)[:, None]
+        gq_y = gy + dy * qy
+        gq_x = gx + dx * qx
+        tl.store(O + b * sob + h * soh + (gq_y * soy + gq_x * sox)[:, None] + d[None, :],
+                 out.to(O.dtype.element_ty), mask=q_ok[:, None] & d_ok[None, :])
+        lse = tl.where(has, m + tl.log2(tl.where(has, l, 1.)), float('inf'))
+        tl.store(LSE + bh.to(tl.int64) * Ly * Lx + gq_y * Lx + gq_x, lse, mask=q_ok)
+
+
+@triton.jit(do_not_specialize=_SIZES)
+def na2d_bwd_dq_kernel(Q, K, V, DO, LSE, DELTA, RPB, DQ, DRPB,
+                       sqb, sqy, sqx, sqh, skb, sky, skx, skh, svb, svy, svx, svh, sdb, sdy, sdx, sdh,
+                       heads, Ly, Lx, kyk, kxk, dy, dx, Vy, Vx, tiles_y, tiles_x, scale2, scale,
+                       D: tl.constexpr, BD: tl.constexpr, TQH: tl.constexpr, TQW: tl.constexpr,
+                       KW: tl.constexpr, RPY: tl.constexpr, HAS_RPB: tl.constexpr, IEEE: tl.constexpr,
+                    UPCAST: tl.constexpr):
+    """dq (and the RPB gradient): the forward's tiling, probabilities recomputed from the saved lse.
+
+    ``DQ`` is contiguous ``[B, Y, X, heads, D]``; ``DRPB`` is ``[tiles, B * heads, 2ky-1, 2kx-1]``
+    fp32, one slot per program.
+    """
+    pid = tl.program_id(0)
+    gy, gx, ty, tx = _decode_tile(pid, tiles_y, tiles_x, dx)
+    bh = tl.program_id(1)
+    b = (bh // heads).to(tl.int64)
+    h = bh % heads
+    lgy = _group_len(Ly, dy, gy)
+    lgx = _group_len(Lx, dx, gx)
+    y0 = ty * TQH
+    x0 = tx * TQW
+    if (y0 < lgy) & (x0 < lgx):
+        BQ: tl.constexpr = TQH * TQW
+        qi = tl.arange(0, BQ)
+        qy = y0 + qi // TQW
+        qx = x0 + qi % TQW
+        q_ok = (qy < lgy) & (qx < lgx)
+        sy = _window_start(qy, lgy, kyk)
+        sx = _window_start(qx, lgx, kxk)
+        d = tl.arange(0, BD)
+        d_ok = d < D
+        gq_y = gy + dy * qy
+        gq_x = gx + dx * qx
+        qmask = q_ok[:, None] & d_ok[None, :]
+        q = tl.load(Q + b * sqb + h * sqh + (gq_y * sqy + gq_x * sqx)[:, None] + d[None, :], mask=qmask, other=0.)
+        do = tl.load(DO + b * sdb + h * sdh + (gq_y * sdy + gq_x * sdx)[:, None] + d[None, :], mask=qmask, other=0.)
+        stat = bh.to(tl.int64) * Ly * Lx + gq_y * Lx + gq_x
+        lse = tl.load(LSE + stat, mask=q_ok, other=float('inf'))
+        delta = tl.load(DELTA + stat, mask=q_ok, other=0.)
+        r_lo = _window_start(y0, lgy, kyk)
+        r_hi = _window_start(tl.minimum(y0 + TQH, lgy) - 1, lgy, kyk) + kyk
+        c_lo = _window_start(x0, lgx, kxk)
+        c_hi = _window_start(tl.minimum(x0 + TQW, lgx) - 1, lgx, kxk) + kxk
+        rx_n = 2 * kxk - 1
+        ry_n = 2 * kyk - 1
+        rpb_h = RPB + h * ry_n * rx_n
+        dq = tl.zeros([BQ, BD], tl.float32)
+        rel = tl.arange(0, KW)  # RPB column bins (KW >= 2k - 1)
+        rel_y = tl.arange(0, RPY)
+        drpb = tl.zeros([RPY, KW], tl.float32)
+        for r in range(r_lo, r_hi):
+            yk = gy + dy * r
+            row_in = q_ok & (r >= sy) & (r < sy + kyk)
+            for c0 in range(c_lo, c_hi, KW):
+                kc = c0 + tl.arange(0, KW)
+                xk = gx + dx * kc
+                k_ok = (kc < c_hi) & (xk < Vx) & (yk < Vy)
+                kmask = k_ok[None, :] & d_ok[:, None]
+                kt = tl.load(K + b * skb + h * skh + yk * sky + (xk * skx)[None, :] + d[:, None], mask=kmask, other=0.)
+                vt = tl.load(V + b * svb + h * svh + yk * svy + (xk * svx)[None, :] + d[:, None], mask=kmask, other=0.)
+                inwin = (row_in[:, None] & k_ok[None, :] & (kc[None, :] >= sx[:, None])
+                         & (kc[None, :] < sx[:, None] + kxk))
+                s = _dot(q, kt, IEEE, UPCAST) * scale2
+                dp = _dot(do, vt, IEEE, UPCAST)
+                if HAS_RPB:
+                    ridx = (r - qy + kyk - 1)[:, None] * rx_n + (kc[None, :] - qx[:, None] + kxk - 1)
+                    s += tl.load(rpb_h + ridx, mask=inwin, other=0.) * LOG2E
+                p = tl.where(inwin, tl.exp2(s - lse[:, None]), 0.)
+                ds = p * (dp - delta[:, None])
+                dq += _dot(ds.to(kt.dtype), tl.trans(kt), IEEE, UPCAST)
+                if HAS_RPB:
+                    # bin ds by relative column: ds[q, j] sits at rx = c0 + j - qx + kx - 1
+                    j = rel[None, :] + qx[:, None] - c0 - kxk + 1
+                    by_rx = tl.where((j >= 0) & (j < KW),
+                                     tl.gather(ds, tl.minimum(tl.maximum(j, 0), KW - 1), 1), 0.)
+                    by_row = tl.sum(tl.reshape(by_rx, (TQH, TQW, KW)), 1)  # [TQH, KW]
+                    ry = r - (y0 + tl.arange(0, TQH)) + kyk - 1  # relative row of each query row
+                    hit = (ry[:, None] == rel_y[None, :]).to(tl.float32)  # [TQH, RPY]
+                    drpb += tl.sum(hit[:, :, None] * by_row[:, None, :], 0)
+        tl.store(DQ + ((((b * Ly + gq_y) * Lx + gq_x) * heads + h) * D)[:, None] + d[None, :],
+                 (dq * scale).to(DQ.dtype.element_ty), mask=qmask)
+        if HAS_RPB:
+            slot = DRPB + (pid.to(tl.int64) * tl.num_programs(1) + bh) * ry_n * rx_n
+            tl.store(slot + rel_y[:, None] * rx_n + rel[None, :], drpb,
+                     mask=(rel_y[:, None] < ry_n) & (rel[None, :] < rx_n))
+
+
+@triton.jit(do_not_specialize=_SIZES)
+def na2d_bwd_dkdv_kernel(Q, K, V, DO, LSE, DELTA, RPB, DK, DV,
+                         sqb, sqy, sqx, sqh, skb, sky, skx, skh, svb, svy, svx, svh, sdb, sdy, sdx, sdh,
+                         heads, Ly, Lx, kyk, kxk, dy, dx, Vy, Vx, tiles_y, tiles_x, scale2, scale,
+                         D: tl.constexpr, BD: tl.constexpr, TKH: tl.constexpr, TKW: tl.constexpr,
+                         QW: tl.constexpr, HAS_RPB: tl.constexpr, IEEE: tl.constexpr,
+                    UPCAST: tl.constexpr):
+    """dk and dv: one program = one key tile; walks the queries whose windows hold its keys.
+
+    ``DK`` and ``DV`` are contiguous ``[B, Y, X, heads, D]``.
+    """
+    gy, gx, ty, tx = _decode_tile(tl.program_id(0), tiles_y, tiles_x, dx)
+    bh = tl.program_id(1)
+    b = (bh // heads).to(tl.int64)
+    h = bh % heads
+    lgy = _group_len(Ly, dy, gy)
+    lgx = _group_len(Lx, dx, gx)
+    y0 = ty * TKH
+    x0 = tx * TKW
+    if (y0 < lgy) & (x0 < lgx):
+        BK: tl.constexpr = TKH * TKW
+        ki = tl.arange(0, BK)
+        ky = y0 + ki // TKW
+        kx = x0 + ki % TKW
+        gk_y = gy + dy * ky
+        gk_x = gx + dx * kx
+        k_in = (ky < lgy) & (kx < lgx)
+        k_ok = k_in & (gk_y < Vy) & (gk_x < Vx)
+        d = tl.arange(0, BD)
+        d_ok = d < D
+        kmask = k_ok[:, None] & d_ok[None, :]
+        k = tl.load(K + b * skb + h * skh + (gk_y * sky + gk_x * skx)[:, None] + d[None, :], mask=kmask, other=0.)
+        v = tl.load(V + b * svb + h * svh + (gk_y * svy + gk_x * svx)[:, None] + d[None, :], mask=kmask, other=0.)
+        wry = kyk - 1 - kyk // 2
+        wrx = kxk - 1 - kxk // 2
+        y1 = tl.minimum(y0 + TKH, lgy) - 1
+        x1 = tl.minimum(x0 + TKW, lgx) - 1
+        r_lo = tl.where(y0 <= kyk - 1, 0, y0 - wry)
+        r_hi = tl.where(y1 >= lgy - kyk, lgy - 1, y1 + kyk // 2) + 1
+        c_lo = tl.where(x0 <= kxk - 1, 0, x0 - wrx)
+        c_hi = tl.where(x1 >= lgx - kxk, lgx - 1, x1 + kxk // 2) + 1
+        rx_n = 2 * kxk - 1
+        rpb_h = RPB + h * (2 * kyk - 1) * rx_n
+        dk = tl.zeros([BK, BD], tl.float32)
+        dv = tl.zeros([BK, BD], tl.float32)
+        for r in range(r_lo, r_hi):
+            yq = gy + dy * r
+            sy = _window_start(r, lgy, kyk)
+            row_in = k_ok & (ky >= sy) & (ky < sy + kyk)
+            for c0 in range(c_lo, c_hi, QW):
+                qc = c0 + tl.arange(0, QW)
+                xq = gx + dx * qc
+                q_ok = qc < c_hi
+                sx = _window_start(qc, lgx, kxk)
+                qmask = q_ok[:, None] & d_ok[None, :]
+                q = tl.load(Q + b * sqb + h * sqh + yq * sqy + (xq * sqx)[:, None] + d[None, :], mask=qmask, other=0.)
+                do = tl.load(DO + b * sdb + h * sdh + yq * sdy + (xq * sdx)[:, None] + d[None, :], mask=qmask, other=0.)
+                stat = bh.to(tl.int64) * Ly * Lx + yq * Lx + xq
+                lse = tl.load(LSE + stat, mask=q_ok, other=float('inf'))
+                delta = tl.load(DELTA + stat, mask=q_ok, other=0.)
+                inwin = (row_in[:, None] & q_ok[None, :] & (kx[:, None] >= sx[None, :])
+                         & (kx[:, None] < sx[None, :] + kxk))
+                st = _dot(k, tl.trans(q), IEEE, UPCAST) * scale2
+                dpt = _dot(v, tl.trans(do), IEEE, UPCAST)
+                if HAS_RPB:
+                    ridx = (ky - r + kyk - 1)[:, None] * rx_n + (kx[:, None] - qc[None, :] + kxk - 1)
+                    st += tl.load(rpb_h + ridx, mask=inwin, other=0.) * LOG2E
+                pt = tl.where(inwin, tl.exp2(st - lse[None, :]), 0.)
+                dst = pt * (dpt - delta[None, :])
+                dv += _dot(pt.to(do.dtype), do, IEEE, UPCAST)
+                dk += _dot(dst.to(q.dtype), q, IEEE, UPCAST)
+        out = ((((b * Ly + gk_y) * Lx + gk_x) * heads + h) * D)[:, None] + d[None, :]
+        omask = k_in[:, None] & d_ok[None, :]
+        tl.store(DK + out, (dk * scale).to(DK.dtype.element_ty), mask=omask)
+        tl.store(DV + out, dv.to(DV.dtype.element_ty), mask=omask)

@@ -1,0 +1,223 @@
+"""Triton backend: fused neighbourhood attention with RPB, forward and backward, 1-D and 2-D, on CUDA.
+
+One pass per direction, nothing of size ``tokens x k^2`` ever stored: the forward keeps an online
+softmax over the exact window (statistics ``lse`` saved, fp32), the backward recomputes the
+probabilities tile by tile (one kernel for dq and d(rpb), one for dk and dv; see
+:mod:`._triton_kernels` for the tiling). Dilation is handled by addressing each dilation group as a
+contiguous sub-map through strides, so dilated NA costs the same as NA on a map of the group's size.
+
+Sizes, kernel sizes, dilations and the valid lengths are run-time arguments of the kernels (no
+recompilation per input size); only the tile shapes (powers of two chosen from the kernel size and
+the head dim) are compile-time. Supports fp32 (exact fp32 dots), fp16 and bf16 (fp32 accumulation),
+any head dim, odd and non-square maps, ``valid_size``; stride > 1 and causal axes are not supported
+(:func:`supports` says why; the dispatcher then names the backends that can run).
+
+``TRITON_INTERPRET=1`` (set before this module's kernels are imported) runs the same kernels on CPU
+tensors with Triton's interpreter: that is how the test suite checks them without a GPU.
+"""
+from __future__ import annotations
+
+import contextlib
+import importlib.util
+import os
+from typing import NamedTuple
+
+import torch
+from torch import Tensor
+
+from ..indexing import AxisSpec
+
+LOG2E = 1.4426950408889634  # log2(e): the kernels work in base 2
+
+
+def _interpreting() -> bool:
+    return os.environ.get('TRITON_INTERPRET', '0') == '1'
+
+
+def available() -> bool:
+    """Whether the kernels can run here: triton importable and a CUDA device (or the interpreter)."""
+    if importlib.util.find_spec('triton') is None:
+        return False
+    return _interpreting() or torch.cuda.is_available()
+
+
+def supports(axes: tuple[AxisSpec, ...], dropout_p: float = 0.0) -> str | None:
+    """``None`` when the kernels cover this call, else the reason they do not."""
+    if len(axes) not in (1, 2):
+        return f'{len(axes)}-D NA (1-D and 2-D only)'
+    if any(ax.stride != 1 for ax in axes):
+        return 'stride > 1'
+    if any(ax.causal for ax in axes):
+        return 'causal axes'
+    if dropout_p > 0:
+        return 'dropout_p > 0'
+    return None
+
+
+def _pow2(n: int) -> int:
+    return 1 << max(0, int(n) - 1).bit_length()
+
+
+class Tiling(NamedTuple):
+    """Compile-time tile shapes of one call (all powers of two)."""
+
+    tqh: int  # query tile rows (forward, dq)
+    tqw: int  # query tile columns
+    kw: int  # key columns per step of the forward / dq kernels (>= 2 kx - 1: also the RPB bins)
+    tkh: int  # key tile rows (dk/dv)
+    tkw: int  # key tile columns
+    qw: int  # query columns per step of the dk/dv kernel
+    rpy: int  # RPB row bins (>= 2 ky - 1)
+
+
+def tiling(ky: int, kx: int) -> Tiling:
+    """Tile shapes for a (2-D view of the) call with kernel ``(ky, kx)``; ``ky == 1`` for 1-D."""
+    if ky == 1:  # 1-D: one row of 32 queries against the 32 + k - 1 keys it needs
+        tqh, tqw, tkh, tkw = 1, 32, 1, 32
+    else:
+        tqh, tqw, tkh, tkw = 8, 8, 8, 8
+    kw = max(_pow2(tqw + kx - 1), _pow2(2 * kx - 1))
+    return Tiling(tqh, tqw, kw, tkh, tkw, _pow2(tkw + kx - 1), _pow2(2 * ky - 1))
+
+
+def _as_2d(axes: tuple[AxisSpec, ...]) -> tuple[AxisSpec, AxisSpec]:
+    return (AxisSpec(1, 1), axes[0]) if len(axes) == 1 else (axes[0], axes[1])
+
+
+def computed_pairs(axes: tuple[AxisSpec, ...]) -> int:
+    """Query-key pairs the forward kernel computes (masked ones included), per batch and head.
+
+    Counts, for every query tile of every dilation group, ``tile size x KW x`` (box rows) ``x``
+    (column steps): what :func:`na_triton`'s forward (and its dq kernel) evaluates. Compare with
+    ``prod(lengths) * prod(kernels)``, the pairs NA needs.
+    """
+    ay, ax = _as_2d(axes)
+    t = tiling(ay.kernel, ax.kernel)
+
+    def spans(spec: AxisSpec, tile: int) -> list[int]:
+        """Box extent (keys) of every tile of every dilation group along one axis."""
+        out = []
+        for g in range(spec.dilation):
+            lg = -(-(spec.length - g) // spec.dilation)
+            k = spec.kernel
+
+            def start(i):
+                return min(max(i - k // 2, 0), lg - k)
+            for y0 in range(0, lg, tile):
+                out.append(start(min(y0 + tile, lg) - 1) + k - start(y0))
+        return out
+
+    rows = sum(spans(ay, t.tqh))
+    col_steps = sum(-(-c // t.kw) for c in spans(ax, t.tqw))
+    return t.tqh * t.tqw * t.kw * rows * col_steps
+
+
+def _geometry(axes):
+    ay, ax = _as_2d(axes)
+    tl_ = tiling(ay.kernel, ax.kernel)
+    return ay, ax, tl_
+
+
+def _strides(x: Tensor) -> tuple[int, int, int, int]:
+    return x.stride(0), x.stride(1), x.stride(2), x.stride(3)
+
+
+def _view_2d(x: Tensor, one_d: bool) -> Tensor:
+    """``[B, L, h, D]`` -> ``[B, 1, L, h, D]`` (a view); 2-D tensors unchanged. Last dim made contiguous."""
+    x = x.unsqueeze(1) if one_d else x
+    return x if x.stride(-1) == 1 else x.contiguous()
+
+
+def _launch_args(ay: AxisSpec, ax: AxisSpec, heads: int, tile_h: int, tile_w: int) -> tuple[tuple, int]:
+    lgy, lgx = -(-ay.length // ay.dilation), -(-ax.length // ax.dilation)
+    tiles_y, tiles_x = -(-lgy // tile_h), -(-lgx // tile_w)
+    sizes = (heads, ay.length, ax.length, ay.kernel, ax.kernel, ay.dilation, ax.dilation,
+             ay.valid_length, ax.valid_length, tiles_y, tiles_x)
+    return sizes, ay.dilation * ax.dilation * tiles_y * tiles_x
+
+
+def _kernels():
+    from . import _triton_kernels
+    return _triton_kernels
+
+
+class _NATriton(torch.autograd.Function):
+    @staticmethod
+    def forward(ctx, query, key, value, rpb, axes, scale):
+        one_d = len(axes) == 1
+        q, k, v = (_view_2d(x, one_d) for x in (query, key, value))
+        ay, ax, t = _geometry(axes)
+        b, heads, dim = q.shape[0], q.shape[-2], q.shape[-1]
+        out = torch.empty(q.shape, dtype=q.dtype, device=q.device)
+        lse = torch.empty((b, heads, ay.length, ax.length), dtype=torch.float32, device=q.device)
+        bias = (rpb.detach().to(torch.float32).contiguous() if rpb is not None
+                else torch.zeros(1, dtype=torch.float32, device=q.device))
+        sizes, n_tiles = _launch_args(ay, ax, heads, t.tqh, t.tqw)
+        ieee = q.dtype == torch.float32
+        with torch.cuda.device(q.device) if q.is_cuda else contextlib.nullcontext():
+            _kernels().na2d_fwd_kernel[(n_tiles, b * heads)](
+                q, k, v, out, lse, bias, *_strides(q), *_strides(k), *_strides(v), *_strides(out),
+                *sizes, scale * LOG2E,
+                D=dim, BD=max(16, _pow2(dim)), TQH=t.tqh, TQW=t.tqw, KW=t.kw,
+                HAS_RPB=rpb is not None, IEEE=ieee, UPCAST=_interpreting(), num_warps=4)
+        ctx.save_for_backward(q, k, v, bias, out, lse)
+        ctx.axes, ctx.scale, ctx.has_rpb, ctx.one_d = axes, scale, rpb is not None, one_d
+        ctx.rpb_dtype = rpb.dtype if rpb is not None else None
+        return out.squeeze(1) if one_d else out
+
+    @staticmethod
+    def backward(ctx, grad_out):
+        q, k, v, bias, out, lse = ctx.saved_tensors
+        ay, ax, t = _geometry(ctx.axes)
+        do = _view_2d(grad_out, ctx.one_d)
+        if do.dtype != q.dtype:
+            do = do.to(q.dtype)
+        b, heads, dim = q.shape[0], q.shape[-2], q.shape[-1]
+        delta = (do.float() * out.float()).sum(-1).permute(0, 3, 1, 2).contiguous()  # [B, heads, Y, X]
+        dq = torch.empty(q.shape, dtype=q.dtype, device=q.device)
+        dk = torch.empty(q.shape, dtype=q.dtype, device=q.device)
+        dv = torch.empty(q.shape, dtype=q.dtype, device=q.device)
+        sizes_q, tiles_q = _launch_args(ay, ax, heads, t.tqh, t.tqw)
+        sizes_k, tiles_k = _launch_args(ay, ax, heads, t.tkh, t.tkw)
+        ry, rx = 2 * ay.kernel - 1, 2 * ax.kernel - 1
+        part = torch.zeros((tiles_q, b * heads, ry, rx) if ctx.has_rpb else (1,),
+                           dtype=torch.float32, device=q.device)
+        common = dict(D=dim, BD=max(16, _pow2(dim)), HAS_RPB=ctx.has_rpb, IEEE=q.dtype == torch.float32,
+                      UPCAST=_interpreting(), num_warps=4)
+        strides = (*_strides(q), *_strides(k), *_strides(v), *_strides(do))
+        kern = _kernels()
+        with torch.cuda.device(q.device) if q.is_cuda else contextlib.nullcontext():
+            kern.na2d_bwd_dq_kernel[(tiles_q, b * heads)](
+                q, k, v, do, lse, delta, bias, dq, part, *strides, *sizes_q,
+                ctx.scale * LOG2E, ctx.scale, TQH=t.tqh, TQW=t.tqw, KW=t.kw, RPY=t.rpy, **common)
+            kern.na2d_bwd_dkdv_kernel[(tiles_k, b * heads)](
+                q, k, v, do, lse, delta, bias, dk, dv, *strides, *sizes_k,
+                ctx.scale * LOG2E, ctx.scale, TKH=t.tkh, TKW=t.tkw, QW=t.qw, **common)
+        drpb = None
+        if ctx.has_rpb:
+            drpb = part.view(tiles_q, b, heads, ry, rx).sum((0, 1)).to(ctx.rpb_dtype)
+        if ctx.one_d:
+            dq, dk, dv = (x.squeeze(1) for x in (dq, dk, dv))
+        return dq, dk, dv, drpb, None, None
+
+
+def na_triton(query: Tensor, key: Tensor, value: Tensor, axes: tuple[AxisSpec, ...],
+              rpb: Tensor | None, scale: float) -> Tensor:
+    """Neighbourhood attention with the fused Triton kernels.
+
+    Args:
+        query, key, value: ``[B, L, heads, D]`` or ``[B, H, W, heads, D]`` on CUDA (CPU tensors under
+            ``TRITON_INTERPRET=1``); fp16, bf16 or fp32; any strides with a contiguous last dim.
+        axes: one :class:`AxisSpec` per spatial axis (stride 1, non-causal; ``valid`` allowed).
+        rpb: ``[heads, 2k - 1]`` / ``[heads, 2k_H - 1, 2k_W - 1]`` or ``None``; gets its gradient.
+        scale: logit scale.
+
+    Returns:
+        Same shape and dtype as ``query`` (contiguous).
+    """
+    reason = supports(axes)
+    if reason is not None:
+        raise ValueError(f'backend="triton" does not support {reason}')
+    if rpb is not None and len(axes) == 1:
+        rpb = rpb.unsqueeze(1)  # [heads, 1, 2k - 1]: the unit row axis
+    return _NATriton.apply(query, key, value, rpb, axes, float(scale))
