@@ -1,85 +1,416 @@
-"""FlexAttention backend: NA as a block-sparse mask on flattened tokens (meant for CUDA).
+"""FlexAttention backend: NA as a block-sparse mask on tile-major tokens (meant for CUDA).
 
-The window rule becomes a ``mask_mod`` reading the per-axis window tables of
-:func:`~.indexing.axis_windows`; RPB becomes a ``score_mod`` that gathers from the captured ``rpb``
-tensor (FlexAttention differentiates through captured tensors, so ``rpb`` gets its gradient). The
-block mask is built directly from the explicit neighbour lists, so no ``N x N`` mask is evaluated.
-On CUDA the compiled kernel is used; on CPU torch runs FlexAttention eagerly (forward only, dense).
+Token order. FlexAttention skips whole ``block x block`` tiles of the score matrix and computes every
+visited tile densely, so the waste is set by how compact a block of tokens is. Flattening the map
+row-major makes a block a sliver of one row whose neighbours span ``k`` full rows (39x the needed
+pairs at k = 7 on a 200x336 map). Here tokens are reordered *tile-major* before the call:
+
+1. every axis is split into its ``d`` interleaved dilation groups (global index ``g + d * li``);
+   each group is padded to the same length, a multiple of the tile edge, so every group becomes a
+   contiguous sub-map of shape ``[..., P_a, ...]`` on which dilated NA is plain NA;
+2. each group's sub-map is cut into tiles (``8 x 8`` in 2-D, ``4 x 4 x 4`` in 3-D, 64 tokens in 1-D)
+   and the tokens of one tile are consecutive, so one flex block is one compact tile;
+3. the number of blocks is padded up to a size bucket (see :func:`bucket_blocks`) with empty blocks.
+
+Queries, keys and values share the order; the output is permuted back. The permutation is a pad, a
+view and a permute (no gather). Padding tokens are never attended: their key coordinate is a
+sentinel outside every window and their own window is empty.
+
+Mask. Everything the ``mask_mod``/``score_mod`` read lives in small per-token tables (``int32``,
+one row per axis) in the *slot* coordinates ``g * P_a + li`` of each axis: a query's window is the
+slot range ``[lo, hi)`` and a key is in it iff its slot is. Because NA is separable and tiles are
+boxes, the visited blocks are the product of per-axis visited tile pairs; the block mask is built
+from those exact per-axis lists (no ``N x N`` and no ``N x k^n`` tensor). The mods capture tensors
+only (no per-shape Python numbers), so a compiled flex kernel does not specialise on the map size.
+
+Compilation. Eager CUDA calls go through ``torch.compile(flex_attention, dynamic=True)`` (see
+:data:`compile_flex`); with the token count bucketed the compiled graph sees a handful of shapes,
+and with ``dynamic=True`` even those share one graph. :data:`compile_flex` and
+:data:`COMPILED_DEVICES` are module-level so that tests can swap in a counting backend on CPU.
+
+RPB is a ``score_mod`` gathering from the captured ``rpb`` tensor (FlexAttention differentiates
+through captured tensors, so ``rpb`` gets its gradient). On CPU torch runs FlexAttention eagerly
+(forward only, dense).
 """
 from __future__ import annotations
 
 import functools
 import math
-from typing import Callable
+from typing import Callable, NamedTuple
 
 import torch
+import torch.nn.functional as F
 from torch import Tensor
 from torch.nn.attention.flex_attention import BlockMask, flex_attention
 
 from ...caching import table_cache
 from ..indexing import AxisSpec, axis_windows
-from .reference import neighbour_table
 
-BLOCK = 128
+#: flex block of the old row-major layout (kept for :func:`computed_pairs` comparisons)
+ROW_BLOCK = 128
+#: tile shape per number of axes; the tile's token count is the flex block size
+TILES = {1: (64,), 2: (8, 8), 3: (4, 4, 4)}
+#: 128-token tiles, for CUDA backward passes whose torch kernel configs need 128-wide blocks
+BIG_TILES = {1: (128,), 2: (8, 16), 3: (4, 4, 8)}
+#: key slot of padding tokens: outside every window
+_SENTINEL = -(1 << 30)
+
+#: ``fn -> compiled fn`` used for eager calls on :data:`COMPILED_DEVICES`; swap it (e.g. for a
+#: counting backend) and the next call recompiles with it
+compile_flex: Callable[[Callable], Callable] = functools.partial(torch.compile, dynamic=True)
+#: device types whose eager calls use the compiled kernel (eager flex elsewhere)
+COMPILED_DEVICES: frozenset[str] = frozenset({'cuda'})
 
 
-def _coords(axes: tuple[AxisSpec, ...]) -> Callable[[Tensor], list[Tensor]]:
-    """Map flat row-major token indices to per-axis coordinates."""
-    lengths = [ax.length for ax in axes]
-    strides = [math.prod(lengths[a + 1:]) for a in range(len(axes))]
-    return lambda idx: [(idx // s) % n for s, n in zip(strides, lengths)]
+# ----------------------------------------------------------------------------------------------
+# layout
+# ----------------------------------------------------------------------------------------------
+
+class TileLayout(NamedTuple):
+    """Static description of the tile-major order of one NA call."""
+
+    lengths: tuple[int, ...]  # map size per axis
+    dilations: tuple[int, ...]
+    tiles: tuple[int, ...]  # tile edge per axis
+    n_tiles: tuple[int, ...]  # tiles per dilation group per axis
+    block: int  # tokens per tile = flex block
+    n_blocks: int  # real blocks (dilation groups x tiles)
+    n_blocks_padded: int  # bucketed block count
+
+    @property
+    def group_lengths(self) -> tuple[int, ...]:
+        """Padded length ``P_a`` of every dilation group along each axis."""
+        return tuple(n * t for n, t in zip(self.n_tiles, self.tiles))
+
+    @property
+    def tokens(self) -> int:
+        """Token count seen by flex (real + padding)."""
+        return self.n_blocks_padded * self.block
 
 
-@table_cache(maxsize=32)
-def block_mask(axes: tuple[AxisSpec, ...], device: torch.device) -> BlockMask:
-    """Block mask (batch/head broadcast) whose ``mask_mod`` is the NA window rule."""
-    coords = _coords(axes)
-    tables = [(w.first.to(device), w.count.to(device), ax.dilation)
-              for w, ax in zip(map(axis_windows, axes), axes)]
+def bucket_blocks(n: int) -> int:
+    """Round a block count up to ``m * 2^e`` with ``m`` in 4..7 (at most 25% padding, 4 sizes per octave)."""
+    if n <= 8:
+        return max(n, 1)
+    e = (n - 1).bit_length() - 3  # n - 1 < 8 * 2^e
+    m = -(-n // (1 << e))
+    return m << e
 
+
+def tile_layout(axes: tuple[AxisSpec, ...], tiles: tuple[int, ...] | None = None,
+                bucket: bool = True) -> TileLayout:
+    """Tile-major layout of ``axes`` (default tiles: :data:`TILES`)."""
+    tiles = tuple(tiles or TILES[len(axes)])
+    if len(tiles) != len(axes):
+        raise ValueError(f'{len(tiles)} tile edges for {len(axes)} axes')
+    lengths = tuple(ax.length for ax in axes)
+    dilations = tuple(ax.dilation for ax in axes)
+    n_tiles = tuple(-(-(-(-n // d)) // t) for n, d, t in zip(lengths, dilations, tiles))
+    n_blocks = math.prod(dilations) * math.prod(n_tiles)
+    return TileLayout(lengths, dilations, tiles, n_tiles, math.prod(tiles), n_blocks,
+                      bucket_blocks(n_blocks) if bucket else n_blocks)
+
+
+def to_tile_major(x: Tensor, layout: TileLayout) -> Tensor:
+    """``[B, *spatial, heads, c]`` -> ``[B, heads, tokens, c]`` in tile-major order (zero padding)."""
+    b, h, c = x.shape[0], x.shape[-2], x.shape[-1]
+    n = len(layout.lengths)
+    pad = []
+    for length, d, p in zip(reversed(layout.lengths), reversed(layout.dilations),
+                            reversed(layout.group_lengths)):
+        pad += [0, d * p - length]
+    x = F.pad(x, [0, 0, 0, 0] + pad)
+    # axis a of length d*P = [n_tiles, tile, d] (global = g + d * (t * tile + o))
+    shape = [b]
+    for nt, t, d in zip(layout.n_tiles, layout.tiles, layout.dilations):
+        shape += [nt, t, d]
+    x = x.reshape(shape + [h, c])
+    g = [3 + 3 * a for a in range(n)]
+    nt = [1 + 3 * a for a in range(n)]
+    tl = [2 + 3 * a for a in range(n)]
+    x = x.permute([0, 3 * n + 1] + g + nt + tl + [3 * n + 2]).reshape(b, h, -1, c)
+    return F.pad(x, [0, 0, 0, layout.tokens - x.shape[2]])
+
+
+def from_tile_major(x: Tensor, layout: TileLayout, shape: torch.Size) -> Tensor:
+    """Inverse of :func:`to_tile_major`: ``[B, heads, tokens, c]`` -> ``shape`` (``[B, *spatial, heads, c]``)."""
+    b, h, c = x.shape[0], x.shape[1], x.shape[-1]
+    n = len(layout.lengths)
+    real = layout.n_blocks * layout.block
+    x = x[:, :, :real].reshape([b, h] + list(layout.dilations) + list(layout.n_tiles) + list(layout.tiles) + [c])
+    # dims: 0 b, 1 h, 2.. g_a, 2+n.. nt_a, 2+2n.. t_a, 2+3n c
+    order = [0]
+    for a in range(n):
+        order += [2 + n + a, 2 + 2 * n + a, 2 + a]
+    x = x.permute(order + [1, 2 + 3 * n])
+    x = x.reshape([b] + [d * p for d, p in zip(layout.dilations, layout.group_lengths)] + [h, c])
+    return x[(slice(None),) + tuple(slice(0, n_) for n_ in layout.lengths)].reshape(shape)
+
+
+# ----------------------------------------------------------------------------------------------
+# per-axis tables (slot coordinates: g * P + li)
+# ----------------------------------------------------------------------------------------------
+
+class _AxisSlots(NamedTuple):
+    real: Tensor  # [d, P] bool: slot holds a map position
+    slot: Tensor  # [d, P] slot index (g * P + li)
+    lo: Tensor  # [d, P] first window slot (0 for padding)
+    hi: Tensor  # [d, P] one past the last window slot (0 for padding: empty)
+
+
+def _axis_slots(ax: AxisSpec, group_length: int) -> _AxisSlots:
+    d, p = ax.dilation, group_length
+    win = axis_windows(ax)
+    g = torch.arange(d)[:, None]
+    li = torch.arange(p)[None, :]
+    glob = g + d * li
+    real = glob < ax.length
+    safe = torch.where(real, glob, 0)
+    start = torch.div(win.first[safe] - g, d, rounding_mode='floor')
+    count = torch.where(real, win.count[safe], 0)
+    slot = g * p + li
+    lo = torch.where(real, g * p + start, 0)
+    return _AxisSlots(real, slot, lo, lo + count)
+
+
+def _axis_kv_tiles(ax: AxisSpec, tile: int, n_tiles: int) -> tuple[Tensor, Tensor]:
+    """Exact key tiles of every query tile of one axis, within its dilation group.
+
+    Returns ``(tiles, valid)``, ``[d, n_tiles, M]``: local key-tile indices (ascending, starting at
+    the first tile any of the tile's windows touches) and whether the query tile reaches that key
+    tile. ``M`` is a static bound on how many tiles the windows of ``tile`` queries can touch.
+    """
+    d, p = ax.dilation, tile * n_tiles
+    s = _axis_slots(ax, p)
+    # the windows of `tile` consecutive queries cover < tile + kernel + stride - 1 keys
+    m = min(n_tiles, 2 + (tile + ax.kernel + ax.stride - 2) // tile)
+    start = s.lo - torch.arange(d)[:, None] * p  # local window start (0 for padding)
+    size = s.hi - s.lo  # 0 for padding and for queries without keys
+    first = torch.where(size > 0, torch.div(start, tile, rounding_mode='floor'), n_tiles)
+    base = first.view(d, n_tiles, tile).amin(-1).clamp(max=n_tiles - 1)  # [d, nT]
+    t = torch.arange(ax.kernel)
+    key_tile = torch.div(start.unsqueeze(-1) + t, tile, rounding_mode='floor').view(d, n_tiles, tile, -1)
+    offset = key_tile - base[..., None, None]
+    used = (t < size.unsqueeze(-1)).view(d, n_tiles, tile, -1)
+    if not torch.compiler.is_compiling() and bool((used & ((offset < 0) | (offset >= m))).any()):
+        raise AssertionError(f'key-tile bound {m} too small for {ax} with tile {tile}')
+    offset = torch.where(used, offset, m)  # column m: scratch for unused window slots
+    reach = torch.zeros(d, n_tiles, m + 1, dtype=torch.bool)
+    reach.scatter_(-1, offset.flatten(2), True)
+    tiles = base.unsqueeze(-1) + torch.arange(m)
+    return tiles, reach[..., :m] & (tiles < n_tiles)
+
+
+def _token_tables(axes: tuple[AxisSpec, ...], layout: TileLayout) -> tuple[Tensor, Tensor, Tensor, Tensor]:
+    """Per-token tables in tile-major order, each ``[n_axes, tokens]`` int32: key slot, window lo/hi, RPB base.
+
+    Padding tokens get the sentinel key slot and an empty window on every axis.
+    """
+    n = len(axes)
+    grid = list(layout.dilations) + list(layout.n_tiles) + list(layout.tiles)
+    slots = []
+    for a, (ax, p) in enumerate(zip(axes, layout.group_lengths)):
+        s = _axis_slots(ax, p)
+        shape = [1] * (3 * n)
+        shape[a], shape[n + a], shape[2 * n + a] = ax.dilation, layout.n_tiles[a], layout.tiles[a]
+        slots.append(_AxisSlots(*(x.view(shape) for x in s)))
+    real = functools.reduce(torch.logical_and, [s.real for s in slots]).expand(grid)
+    pad = layout.tokens - real.numel()
+
+    def table(values: list[Tensor], fill: int) -> Tensor:
+        rows = [torch.where(real, v.expand(grid), fill).reshape(-1) for v in values]
+        return F.pad(torch.stack(rows), [0, pad], value=fill).to(torch.int32)
+
+    key = table([s.slot for s in slots], _SENTINEL)
+    lo = table([s.lo for s in slots], 0)
+    hi = table([s.hi for s in slots], 0)
+    rel = table([ax.kernel - 1 - s.slot for ax, s in zip(axes, slots)], 0)
+    return key, lo, hi, rel
+
+
+def _kv_blocks(axes: tuple[AxisSpec, ...], layout: TileLayout) -> tuple[Tensor, Tensor]:
+    """``(kv_num_blocks [Q], kv_indices [Q, KV])`` of the tile-major layout (bucket blocks: empty rows).
+
+    A block is a tile of one dilation group; its key blocks are the product of the per-axis key tiles.
+    """
+    n = len(axes)
+    per_axis = [_axis_kv_tiles(ax, t, nt) for ax, t, nt in zip(axes, layout.tiles, layout.n_tiles)]
+    # dims: g_1..g_n, t_1..t_n (query tile), m_1..m_n (key tile slot)
+    group = torch.zeros([1] * (3 * n), dtype=torch.long)
+    tile = torch.zeros([1] * (3 * n), dtype=torch.long)
+    valid = torch.ones([1] * (3 * n), dtype=torch.bool)
+    for a, (ax, (tiles, ok)) in enumerate(zip(axes, per_axis)):
+        shape = [1] * (3 * n)
+        shape[a] = ax.dilation
+        group = group * ax.dilation + torch.arange(ax.dilation).view(shape)
+        shape[n + a], shape[2 * n + a] = tiles.shape[1], tiles.shape[2]
+        tile = tile * layout.n_tiles[a] + tiles.view(shape)
+        valid = valid & ok.view(shape)
+    index = group * math.prod(layout.n_tiles) + tile
+    full = list(layout.dilations) + list(layout.n_tiles) + [t.shape[-1] for t, _ in per_axis]
+    index = index.expand(full).reshape(layout.n_blocks, -1)
+    valid = valid.expand(full).reshape(layout.n_blocks, -1)
+    order = torch.argsort((~valid).to(torch.int8), dim=-1, stable=True)
+    index = index.gather(1, order)
+    count = valid.sum(-1)
+    rows = cols = layout.n_blocks_padded
+    width = index.shape[1]
+    index = index[:, :cols] if width >= cols else F.pad(index, [0, cols - width])
+    index = F.pad(index, [0, 0, 0, rows - layout.n_blocks])
+    count = F.pad(count, [0, rows - layout.n_blocks])
+    return count.to(torch.int32), index.to(torch.int32)
+
+
+class _Plan(NamedTuple):
+    layout: TileLayout
+    block_mask: BlockMask
+    key: Tensor
+    lo: Tensor
+    hi: Tensor
+    rel: Tensor
+
+
+def _window_mask_mod(key: Tensor, lo: Tensor, hi: Tensor) -> Callable:
+    """``mask_mod``: the key's slot lies in the query's window slot range on every axis."""
     def mask_mod(b: Tensor, h: Tensor, q_idx: Tensor, kv_idx: Tensor) -> Tensor:
         ok = None
-        for (first, count, d), qc, kc in zip(tables, coords(q_idx), coords(kv_idx)):
-            diff = kc - first[qc]
-            hit = (diff >= 0) & (diff < d * count[qc]) & (diff % d == 0)
+        for a in range(key.shape[0]):
+            ks = key[a, kv_idx]
+            hit = (ks >= lo[a, q_idx]) & (ks < hi[a, q_idx])
             ok = hit if ok is None else ok & hit
         return ok
 
-    index, valid, _ = (x.to(device) for x in neighbour_table(axes))
-    n = index.shape[0]
-    n_blocks = -(-n // BLOCK)
-    pairs = (torch.arange(n, device=device)[:, None] // BLOCK) * n_blocks + index // BLOCK
-    reach = torch.zeros(n_blocks * n_blocks, dtype=torch.bool, device=device)
-    reach[pairs[valid]] = True
-    reach = reach.view(n_blocks, n_blocks)
-    kv_indices = torch.argsort((~reach).to(torch.int8), dim=-1, stable=True).to(torch.int32)
-    return BlockMask.from_kv_blocks(reach.sum(-1, dtype=torch.int32)[None, None], kv_indices[None, None],
-                                    BLOCK_SIZE=BLOCK, mask_mod=mask_mod, seq_lengths=(n, n))
+    return mask_mod
 
 
-def _rpb_score_mod(axes: tuple[AxisSpec, ...], rpb: Tensor) -> Callable:
+@table_cache(maxsize=32)
+def plan(axes: tuple[AxisSpec, ...], device: torch.device, tiles: tuple[int, ...] | None = None) -> _Plan:
+    """Layout, block mask and token tables of one NA call (cached per shape and device)."""
+    layout = tile_layout(axes, tiles)
+    key, lo, hi, rel = (x.to(device) for x in _token_tables(axes, layout))
+    count, index = (x.to(device) for x in _kv_blocks(axes, layout))
+    mask = BlockMask.from_kv_blocks(count[None, None], index[None, None], BLOCK_SIZE=layout.block,
+                                    mask_mod=_window_mask_mod(key, lo, hi),
+                                    seq_lengths=(layout.tokens, layout.tokens))
+    return _Plan(layout, mask, key, lo, hi, rel)
+
+
+def block_mask(axes: tuple[AxisSpec, ...], device: torch.device) -> BlockMask:
+    """Block mask (batch/head broadcast) of the tile-major layout with the default tiles."""
+    return plan(axes, device).block_mask
+
+
+def _rpb_score_mod(axes: tuple[AxisSpec, ...], key: Tensor, rel: Tensor, rpb: Tensor) -> Callable:
     """``score_mod`` adding ``rpb[h, (ky - qy) / d + k - 1, ...]`` (index clamped for masked pairs)."""
-    coords = _coords(axes)
     table = rpb.reshape(rpb.shape[0], -1)
+    widths = [2 * ax.kernel - 1 for ax in axes]
 
     def score_mod(score: Tensor, b: Tensor, h: Tensor, q_idx: Tensor, kv_idx: Tensor) -> Tensor:
         idx = 0
-        for ax, qc, kc in zip(axes, coords(q_idx), coords(kv_idx)):
-            rel = ((kc - qc) // ax.dilation + ax.kernel - 1).clamp(0, 2 * ax.kernel - 2)
-            idx = idx * (2 * ax.kernel - 1) + rel
+        for a, w in enumerate(widths):
+            r = (key[a, kv_idx] + rel[a, q_idx]).clamp(0, w - 1)
+            idx = idx * w + r
         return score + table[h, idx]
 
     return score_mod
 
 
-@functools.lru_cache(maxsize=1)
-def _compiled_flex() -> Callable:
-    return torch.compile(flex_attention, dynamic=False)
+# ----------------------------------------------------------------------------------------------
+# computed pairs (what the block mask makes flex compute)
+# ----------------------------------------------------------------------------------------------
+
+def computed_pairs(axes: tuple[AxisSpec, ...], layout: str = 'tile', tiles: tuple[int, ...] | None = None) -> int:
+    """Query-key pairs flex computes: the sum over visited blocks of ``block_q * block_kv``.
+
+    ``layout='tile'``: the tile-major order of this backend (``tiles`` default :data:`TILES`; bucket
+    blocks are empty and cost nothing). ``layout='row'``: the former row-major order with
+    :data:`ROW_BLOCK`-token blocks. Needed pairs, for comparison: ``tokens * prod(kernels)``.
+    """
+    if layout == 'row':
+        return _row_major_blocks(axes) * ROW_BLOCK * ROW_BLOCK
+    if layout != 'tile':
+        raise ValueError(f"layout must be 'tile' or 'row', got {layout!r}")
+    lay = tile_layout(axes, tiles, bucket=False)
+    visited = 1
+    for ax, t, nt in zip(axes, lay.tiles, lay.n_tiles):
+        visited *= int(_axis_kv_tiles(ax, t, nt)[1].sum())
+    return visited * lay.block * lay.block
+
+
+def needed_pairs(axes: tuple[AxisSpec, ...]) -> int:
+    """``tokens * prod(kernels)``: the query-key pairs NA needs."""
+    return math.prod(ax.length for ax in axes) * math.prod(ax.kernel for ax in axes)
+
+
+def _row_major_blocks(axes: tuple[AxisSpec, ...], chunk: int = 32) -> int:
+    """Visited ``ROW_BLOCK`` blocks of the row-major order, ``chunk`` query blocks at a time."""
+    lengths = [ax.length for ax in axes]
+    n = math.prod(lengths)
+    n_blocks = -(-n // ROW_BLOCK)
+    strides = [math.prod(lengths[a + 1:]) for a in range(len(axes))]
+    keys = []
+    for ax in axes:
+        win = axis_windows(ax)
+        t = torch.arange(ax.kernel)
+        keys.append((win.first[:, None] + ax.dilation * t, t < win.count[:, None]))
+    total = 0
+    for qb in range(0, n_blocks, chunk):
+        q = torch.arange(qb * ROW_BLOCK, min(n, (qb + chunk) * ROW_BLOCK))
+        flat = torch.zeros(q.shape[0], 1, dtype=torch.long)
+        ok = torch.ones(q.shape[0], 1, dtype=torch.bool)
+        for (k, v), s, length in zip(keys, strides, lengths):
+            c = (q // s) % length
+            flat = (flat[:, :, None] + s * k[c][:, None, :]).flatten(1)
+            ok = (ok[:, :, None] & v[c][:, None, :]).flatten(1)
+        pairs = (q[:, None] // ROW_BLOCK) * n_blocks + flat // ROW_BLOCK
+        total += int(torch.unique(pairs[ok]).numel())
+    return total
+
+
+# ----------------------------------------------------------------------------------------------
+# the op
+# ----------------------------------------------------------------------------------------------
+
+@functools.lru_cache(maxsize=4)
+def _compiled(compile_fn: Callable) -> Callable:
+    return compile_fn(flex_attention)
+
+
+def _bwd_accepts(block: int, head_dim: int, dtype: torch.dtype) -> bool:
+    """Whether torch's default CUDA flex backward configs fit ``block``-token sparse blocks."""
+    try:
+        from torch._inductor.virtualized import V
+        confs = V.choices.get_flex_attention_bwd_configs(head_dim, dtype, 'cuda')
+    except Exception:  # private API moved: assume the conservative answer
+        return False
+    return any(all(block % x == 0 for x in (c.block_m1, c.block_n1, c.block_m2, c.block_n2)) for c in confs)
+
+
+def _cuda_options(block: int, head_dim: int, dtype: torch.dtype) -> dict | None:
+    """Forward kernel tile overrides when torch's default config does not divide ``block``."""
+    try:
+        from torch._inductor.virtualized import V
+        conf = V.choices.get_flex_attention_fwd_configs(head_dim, dtype, 'cuda')[-1]
+    except Exception:
+        return {'BLOCK_M': min(block, 64), 'BLOCK_N': min(block, 64)}
+    if block % conf.block_m == 0 and block % conf.block_n == 0:
+        return None
+    return {'BLOCK_M': math.gcd(block, conf.block_m), 'BLOCK_N': math.gcd(block, conf.block_n)}
+
+
+def _tiles_for(query: Tensor, n: int, rpb: Tensor | None) -> tuple[int, ...]:
+    """Default tiles; on CUDA 128-token tiles when a backward is due that torch cannot run on 64."""
+    if query.device.type != 'cuda' or not torch.is_grad_enabled():
+        return TILES[n]
+    grads = query.requires_grad or (rpb is not None and rpb.requires_grad)
+    if grads and not _bwd_accepts(math.prod(TILES[n]), query.shape[-1], query.dtype):
+        return BIG_TILES[n]
+    return TILES[n]
 
 
 def na_flex(query: Tensor, key: Tensor, value: Tensor, axes: tuple[AxisSpec, ...],
             rpb: Tensor | None, scale: float) -> Tensor:
-    """Neighbourhood attention with FlexAttention.
+    """Neighbourhood attention with FlexAttention on tile-major tokens.
 
     Args:
         query, key, value: ``[B, *spatial, heads, head_dim]``.
@@ -90,12 +421,18 @@ def na_flex(query: Tensor, key: Tensor, value: Tensor, axes: tuple[AxisSpec, ...
     Returns:
         ``[B, *spatial, heads, head_dim]``.
     """
-    b, h, c = query.shape[0], query.shape[-2], query.shape[-1]
-    q, k, v = (x.reshape(b, -1, h, c).transpose(1, 2) for x in (query, key, value))
+    tiles = _tiles_for(query, len(axes), rpb)
+    p = plan(axes, query.device, tiles)
+    q, k, v = (to_tile_major(x, p.layout) for x in (query, key, value))
     score_mod = None
     if rpb is not None:
-        score_mod = _rpb_score_mod(axes, rpb.to(torch.promote_types(query.dtype, torch.float32)))
-    # eager CUDA: the compiled kernel; inside torch.compile the outer compilation handles flex_attention
-    attend = _compiled_flex() if query.device.type == 'cuda' and not torch.compiler.is_compiling() else flex_attention
-    out = attend(q, k, v, score_mod=score_mod, block_mask=block_mask(axes, query.device), scale=scale)
-    return out.transpose(1, 2).reshape(query.shape)
+        table = rpb.to(torch.promote_types(query.dtype, torch.float32))
+        score_mod = _rpb_score_mod(axes, p.key, p.rel, table)
+    options = None
+    if query.device.type == 'cuda':
+        options = _cuda_options(p.layout.block, query.shape[-1], query.dtype)
+    # eager: the compiled kernel; inside torch.compile the outer compilation handles flex_attention
+    compiled = query.device.type in COMPILED_DEVICES and not torch.compiler.is_compiling()
+    attend = _compiled(compile_flex) if compiled else flex_attention
+    out = attend(q, k, v, score_mod=score_mod, block_mask=p.block_mask, scale=scale, kernel_options=options)
+    return from_tile_major(out, p.layout, query.shape)
