@@ -8,13 +8,21 @@ pairs at k = 7 on a 200x336 map). Here tokens are reordered *tile-major* before 
 1. every axis is split into its ``d`` interleaved dilation groups (global index ``g + d * li``);
    each group is padded to the same length, a multiple of the tile edge, so every group becomes a
    contiguous sub-map of shape ``[..., P_a, ...]`` on which dilated NA is plain NA;
-2. each group's sub-map is cut into tiles (``8 x 8`` in 2-D, ``4 x 4 x 4`` in 3-D, 64 tokens in 1-D)
-   and the tokens of one tile are consecutive, so one flex block is one compact tile;
+2. each group's sub-map is cut into 64-token tiles (:func:`choose_tiles`: the power-of-two shape
+   with the fewest computed pairs, ``8 x 8`` for most 2-D maps, ``4 x 4 x 4``-like in 3-D) and the
+   tokens of one tile are consecutive, so one flex block is one compact tile;
 3. the number of blocks is padded up to a size bucket (see :func:`bucket_blocks`) with empty blocks.
 
 Queries, keys and values share the order; the output is permuted back. The permutation is a pad, a
 view and a permute (no gather). Padding tokens are never attended: their key coordinate is a
 sentinel outside every window and their own window is empty.
+
+Why 64-token blocks: with equal query and key blocks, the windows of an interior 2-D tile reach
+3 x 3 key tiles whatever the tile's shape (the window sticks out on both sides), so the computed
+pairs per query are ``9 x block``: 1152 for 128-token tiles (23.5x the 49 needed at k = 7, worse
+than row-major on small maps), 576 for 64-token tiles (11.8x). Torch's default CUDA kernel tiles
+for head dim 32 are 64 x 64 anyway; where its backward configs need 128-wide blocks (e.g. fp16/bf16
+on sm80, or head dims 64-128 on sm90) the backend switches to :data:`BIG_BLOCK` for that call.
 
 Mask. Everything the ``mask_mod``/``score_mod`` read lives in small per-token tables (``int32``,
 one row per axis) in the *slot* coordinates ``g * P_a + li`` of each axis: a query's window is the
@@ -48,10 +56,10 @@ from ..indexing import AxisSpec, axis_windows
 
 #: flex block of the old row-major layout (kept for :func:`computed_pairs` comparisons)
 ROW_BLOCK = 128
-#: tile shape per number of axes; the tile's token count is the flex block size
-TILES = {1: (64,), 2: (8, 8), 3: (4, 4, 4)}
-#: 128-token tiles, for CUDA backward passes whose torch kernel configs need 128-wide blocks
-BIG_TILES = {1: (128,), 2: (8, 16), 3: (4, 4, 8)}
+#: tokens per tile = flex block size (both sides)
+BLOCK = 64
+#: 128-token blocks, for CUDA backward passes whose torch kernel configs need 128-wide blocks
+BIG_BLOCK = 128
 #: key slot of padding tokens: outside every window
 _SENTINEL = -(1 << 30)
 
@@ -97,10 +105,40 @@ def bucket_blocks(n: int) -> int:
     return m << e
 
 
+def _factorisations(block: int, n: int) -> list[tuple[int, ...]]:
+    """Power-of-two tile shapes of ``n`` axes with ``block`` tokens, most cubic first."""
+    e = block.bit_length() - 1
+    if n == 1:
+        return [(block,)]
+    shapes = [(1 << i,) + rest for i in range(e + 1) for rest in _factorisations(block >> i, n - 1)]
+    return sorted(shapes, key=lambda t: (max(t) / min(t), t[::-1]))
+
+
+@functools.lru_cache(maxsize=256)
+def choose_tiles(axes: tuple[AxisSpec, ...], block: int = BLOCK) -> tuple[int, ...]:
+    """The ``block``-token tile shape with the fewest computed pairs for ``axes`` (ties: most cubic).
+
+    Visited blocks factor over the axes, so every candidate costs a few per-axis counts; e.g.
+    ``8 x 8`` for most 2-D maps, ``4 x 16`` for a 28x28 map (28 rows fill 4-row tiles exactly).
+    """
+    counts: dict[tuple[int, int], int] = {}
+    best, best_pairs = None, None
+    for tiles in _factorisations(block, len(axes)):
+        visited = 1
+        for a, (ax, t) in enumerate(zip(axes, tiles)):
+            if (a, t) not in counts:
+                nt = -(-(-(-ax.length // ax.dilation)) // t)
+                counts[a, t] = int(_axis_kv_tiles(ax, t, nt)[1].sum())
+            visited *= counts[a, t]
+        if best_pairs is None or visited < best_pairs:
+            best, best_pairs = tiles, visited
+    return best
+
+
 def tile_layout(axes: tuple[AxisSpec, ...], tiles: tuple[int, ...] | None = None,
                 bucket: bool = True) -> TileLayout:
-    """Tile-major layout of ``axes`` (default tiles: :data:`TILES`)."""
-    tiles = tuple(tiles or TILES[len(axes)])
+    """Tile-major layout of ``axes`` (default tiles: :func:`choose_tiles`)."""
+    tiles = tuple(tiles or choose_tiles(axes))
     if len(tiles) != len(axes):
         raise ValueError(f'{len(tiles)} tile edges for {len(axes)} axes')
     lengths = tuple(ax.length for ax in axes)
@@ -297,7 +335,7 @@ def plan(axes: tuple[AxisSpec, ...], device: torch.device, tiles: tuple[int, ...
 
 def block_mask(axes: tuple[AxisSpec, ...], device: torch.device) -> BlockMask:
     """Block mask (batch/head broadcast) of the tile-major layout with the default tiles."""
-    return plan(axes, device).block_mask
+    return plan(axes, device, choose_tiles(axes)).block_mask
 
 
 def _rpb_score_mod(axes: tuple[AxisSpec, ...], key: Tensor, rel: Tensor, rpb: Tensor) -> Callable:
@@ -322,7 +360,7 @@ def _rpb_score_mod(axes: tuple[AxisSpec, ...], key: Tensor, rel: Tensor, rpb: Te
 def computed_pairs(axes: tuple[AxisSpec, ...], layout: str = 'tile', tiles: tuple[int, ...] | None = None) -> int:
     """Query-key pairs flex computes: the sum over visited blocks of ``block_q * block_kv``.
 
-    ``layout='tile'``: the tile-major order of this backend (``tiles`` default :data:`TILES`; bucket
+    ``layout='tile'``: the tile-major order of this backend (``tiles`` default :func:`choose_tiles`; bucket
     blocks are empty and cost nothing). ``layout='row'``: the former row-major order with
     :data:`ROW_BLOCK`-token blocks. Needed pairs, for comparison: ``tokens * prod(kernels)``.
     """
@@ -398,14 +436,14 @@ def _cuda_options(block: int, head_dim: int, dtype: torch.dtype) -> dict | None:
     return {'BLOCK_M': math.gcd(block, conf.block_m), 'BLOCK_N': math.gcd(block, conf.block_n)}
 
 
-def _tiles_for(query: Tensor, n: int, rpb: Tensor | None) -> tuple[int, ...]:
-    """Default tiles; on CUDA 128-token tiles when a backward is due that torch cannot run on 64."""
+def _block_for(query: Tensor, key: Tensor, value: Tensor, rpb: Tensor | None) -> int:
+    """:data:`BLOCK`; on CUDA :data:`BIG_BLOCK` when a backward is due that torch cannot tile with 64."""
     if query.device.type != 'cuda' or not torch.is_grad_enabled():
-        return TILES[n]
-    grads = query.requires_grad or (rpb is not None and rpb.requires_grad)
-    if grads and not _bwd_accepts(math.prod(TILES[n]), query.shape[-1], query.dtype):
-        return BIG_TILES[n]
-    return TILES[n]
+        return BLOCK
+    grads = any(x is not None and x.requires_grad for x in (query, key, value, rpb))
+    if grads and not _bwd_accepts(BLOCK, query.shape[-1], query.dtype):
+        return BIG_BLOCK
+    return BLOCK
 
 
 def na_flex(query: Tensor, key: Tensor, value: Tensor, axes: tuple[AxisSpec, ...],
@@ -421,8 +459,7 @@ def na_flex(query: Tensor, key: Tensor, value: Tensor, axes: tuple[AxisSpec, ...
     Returns:
         ``[B, *spatial, heads, head_dim]``.
     """
-    tiles = _tiles_for(query, len(axes), rpb)
-    p = plan(axes, query.device, tiles)
+    p = plan(axes, query.device, choose_tiles(axes, _block_for(query, key, value, rpb)))
     q, k, v = (to_tile_major(x, p.layout) for x in (query, key, value))
     score_mod = None
     if rpb is not None:
