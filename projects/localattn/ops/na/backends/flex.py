@@ -120,7 +120,11 @@ def choose_tiles(axes: tuple[AxisSpec, ...], block: int = BLOCK) -> tuple[int, .
 
     Visited blocks factor over the axes, so every candidate costs a few per-axis counts; e.g.
     ``8 x 8`` for most 2-D maps, ``4 x 16`` for a 28x28 map (28 rows fill 4-row tiles exactly).
+    While torch traces (an outer ``torch.compile``, export) the counts would be data-dependent, so
+    the most cubic shape is used there.
     """
+    if torch.compiler.is_compiling():
+        return _factorisations(block, len(axes))[0]
     counts: dict[tuple[int, int], int] = {}
     best, best_pairs = None, None
     for tiles in _factorisations(block, len(axes)):
@@ -425,15 +429,20 @@ def _bwd_accepts(block: int, head_dim: int, dtype: torch.dtype) -> bool:
 
 
 def _cuda_options(block: int, head_dim: int, dtype: torch.dtype) -> dict | None:
-    """Forward kernel tile overrides when torch's default config does not divide ``block``."""
+    """Forward kernel tiles of at most 64 x 64 that divide ``block`` (``None``: torch's default fits).
+
+    Torch's default fp16/bf16 forward tile for head dim 64 on sm90 is 128 x 128, which neither divides
+    64-token blocks nor fits the shared memory with this backend's mods (measured on an H200).
+    """
     try:
         from torch._inductor.virtualized import V
         conf = V.choices.get_flex_attention_fwd_configs(head_dim, dtype, 'cuda')[-1]
-    except Exception:
-        return {'BLOCK_M': min(block, 64), 'BLOCK_N': min(block, 64)}
-    if block % conf.block_m == 0 and block % conf.block_n == 0:
+        m, n = conf.block_m, conf.block_n
+    except Exception:  # private API moved
+        m = n = 128
+    if m <= 64 and n <= 64 and block % m == 0 and block % n == 0:
         return None
-    return {'BLOCK_M': math.gcd(block, conf.block_m), 'BLOCK_N': math.gcd(block, conf.block_n)}
+    return {'BLOCK_M': math.gcd(block, min(m, 64)), 'BLOCK_N': math.gcd(block, min(n, 64))}
 
 
 def _block_for(query: Tensor, key: Tensor, value: Tensor, rpb: Tensor | None) -> int:
