@@ -1,0 +1,217 @@
+"""The ``triton`` NA backend, run on CPU by Triton's interpreter, against the brute-force reference.
+
+The kernels are the ones a GPU runs (same source, same tiling); ``TRITON_INTERPRET=1`` executes their
+programs one after another with numpy, so this checks the arithmetic and the tiling, not races (the
+RPB gradient is race-free by construction: one partial slot per program, summed on the host).
+
+Triton reads ``TRITON_INTERPRET`` when ``triton.language`` is first imported, which other tests of the
+session may already have done, so every kernel call runs in one worker subprocess (this file run as
+a script) and the tests assert on what it reports.
+"""
+from __future__ import annotations
+
+import json
+import os
+import random
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+import torch
+
+pytest.importorskip('triton')
+
+from localattn.ops.na.backends import triton as tri  # noqa: E402
+from localattn.ops.na.indexing import AxisSpec  # noqa: E402
+
+
+def random_configs(n: int, seed: int) -> list[dict]:
+    """Random 1-D/2-D calls: kernel 3..13 (even too), dilation 1..4, odd non-square maps, 1-4 heads."""
+    rng = random.Random(seed)
+    out = []
+    while len(out) < n:
+        ndim = 1 if rng.random() < 0.2 else 2
+        ks = tuple(rng.randint(3, 13) if ndim == 1 or rng.random() < 0.3 else rng.choice((3, 4, 5, 7))
+                   for _ in range(ndim))
+        if ndim == 2 and rng.random() < 0.5:
+            ks = (ks[0], ks[0])
+        dil = tuple(rng.randint(1, 4) if k <= 5 else rng.randint(1, 2) for k in ks)
+        shape = tuple(k * d + rng.randint(0, 6) for k, d in zip(ks, dil))
+        valid = None
+        if rng.random() < 0.2:
+            valid = tuple(max(1, s - rng.randint(0, 3)) for s in shape)
+        case = dict(shape=shape, kernel=ks, dilation=dil, heads=rng.randint(1, 4),
+                    dim=rng.choice((16, 32, 64)), rpb=rng.random() < 0.85, valid=valid)
+        # the interpreter's time grows with the computed pairs: keep each case to a few seconds
+        axes = tuple(AxisSpec(s, k, d) for s, k, d in zip(shape, ks, dil))
+        if tri.computed_pairs(axes) * case['heads'] <= 100_000:
+            out.append(case)
+    return out
+
+
+def run_case(case: dict, dtype: torch.dtype, seed: int = 0) -> list[float]:
+    """Max relative error of out, dq, dk, dv (and drpb) against the fp64 reference (worker side)."""
+    from localattn.ops.na.backends.reference import na_reference
+    torch.manual_seed(seed)
+    shape, ks = case['shape'], case['kernel']
+    axes = tuple(AxisSpec(s, k, d, valid=None if case['valid'] is None else case['valid'][a])
+                 for a, (s, k, d) in enumerate(zip(shape, ks, case['dilation'])))
+    q, k, v = (torch.randn(1, *shape, case['heads'], case['dim'], dtype=dtype) for _ in range(3))
+    rpb = 0.5 * torch.randn(case['heads'], *(2 * x - 1 for x in ks)) if case['rpb'] else None
+    go = torch.randn_like(q)
+    scale = case['dim'] ** -0.5
+    leaves = [t.clone().requires_grad_() for t in (q, k, v)]
+    leaves += [rpb.clone().requires_grad_()] if case['rpb'] else []
+    out = tri.na_triton(*leaves[:3], axes, leaves[3] if case['rpb'] else None, scale)
+    got = [out, *torch.autograd.grad(out, leaves, go)]
+    ref_leaves = [t.detach().double().requires_grad_() for t in leaves]
+    ref = na_reference(*ref_leaves[:3], axes, ref_leaves[3] if case['rpb'] else None, scale)
+    want = [ref, *torch.autograd.grad(ref, ref_leaves, go.double())]
+    assert out.dtype == dtype and out.shape == q.shape
+    return [((a.double() - b).abs().max() / b.abs().max().clamp_min(1e-30)).item() for a, b in zip(got, want)]
+
+
+FP32_CASES = random_configs(20, seed=1)
+HALF_CASES = random_configs(4, seed=2)
+
+
+def test_configs_cover_the_acceptance_ranges():
+    kernels = {k for c in FP32_CASES for k in c['kernel']}
+    assert any(k % 2 == 0 for k in kernels) and max(kernels) >= 11 and min(kernels) == 3
+    assert any(len(c['kernel']) == 2 and max(c['kernel']) >= 9 for c in FP32_CASES)
+    assert max(d for c in FP32_CASES for d in c['dilation']) >= 3
+    assert any(len(c['shape']) == 1 for c in FP32_CASES) and any(len(c['shape']) == 2 for c in FP32_CASES)
+    assert any(len(c['shape']) == 2 and c['shape'][0] != c['shape'][1] and c['shape'][0] % 2 for c in FP32_CASES)
+    assert {c['dim'] for c in FP32_CASES} == {16, 32, 64} and {c['heads'] for c in FP32_CASES} >= {1, 2, 3}
+
+
+def _case_id(c: dict) -> str:
+    return f"{c['shape']}-k{c['kernel']}-d{c['dilation']}-h{c['heads']}-c{c['dim']}"
+
+
+@pytest.fixture(scope='module')
+def worker() -> dict:
+    """Run every kernel check in one ``TRITON_INTERPRET=1`` subprocess; ``{check: result}``."""
+    env = dict(os.environ, TRITON_INTERPRET='1')
+    root = Path(__file__).resolve().parents[1]
+    env['PYTHONPATH'] = os.pathsep.join([str(root / 'projects'), env.get('PYTHONPATH', '')])
+    proc = subprocess.run([sys.executable, __file__], env=env, capture_output=True, text=True, timeout=900)
+    assert proc.returncode == 0, proc.stderr[-3000:]
+    return json.loads(proc.stdout.strip().splitlines()[-1])
+
+
+@pytest.mark.parametrize('i', range(len(FP32_CASES)), ids=[_case_id(c) for c in FP32_CASES])
+def test_fp32_equals_reference(worker, i):
+    errs = worker[f'fp32/{i}']
+    assert isinstance(errs, list) and max(errs) < 1e-5, errs  # out, dq, dk, dv (, drpb)
+
+
+@pytest.mark.parametrize('dtype', ['float16', 'bfloat16'])
+@pytest.mark.parametrize('i', range(len(HALF_CASES)), ids=[_case_id(c) for c in HALF_CASES])
+def test_half_precision_equals_reference(worker, i, dtype):
+    errs = worker[f'{dtype}/{i}']
+    assert isinstance(errs, list) and max(errs) < 2e-2, errs
+
+
+def test_public_op_and_strided_inputs(worker):
+    assert worker['public'] == 'ok', worker['public']
+
+
+def test_queries_without_keys_give_zeros_and_finite_grads(worker):
+    assert worker['no_keys'] == 'ok', worker['no_keys']
+
+
+def check_public_op_and_strided_inputs():
+    """``na2d(backend='triton')`` on slices of a fused qkv tensor (strided, read in place) and 1-D."""
+    from localattn.ops.na import na1d, na2d
+    torch.manual_seed(0)
+    qkv = torch.randn(2, 9, 10, 3, 2, 16, requires_grad=True)
+    q, k, v = qkv.unbind(3)
+    rpb = torch.randn(2, 9, 9, requires_grad=True)
+    out = na2d(q, k, v, 5, dilation=(1, 2), rpb=rpb, backend='triton')
+    ref = na2d(q, k, v, 5, dilation=(1, 2), rpb=rpb, backend='reference')
+    torch.testing.assert_close(out, ref, rtol=1e-5, atol=1e-5)
+    g1 = torch.autograd.grad(out.square().sum(), [qkv, rpb])
+    g2 = torch.autograd.grad(ref.square().sum(), [qkv, rpb])
+    for a, b in zip(g1, g2):
+        torch.testing.assert_close(a, b, rtol=1e-5, atol=1e-5)
+    x = torch.randn(1, 30, 2, 32)
+    torch.testing.assert_close(na1d(x, x, x, 7, backend='triton'), na1d(x, x, x, 7, backend='reference'),
+                               rtol=1e-5, atol=1e-5)
+
+
+def check_queries_without_keys():
+    """valid_size leaving some queries' windows empty: zero outputs, no NaN anywhere."""
+    from localattn.ops.na.backends.reference import na_reference
+    torch.manual_seed(0)
+    axes = (AxisSpec(12, 3, valid=2), AxisSpec(9, 3))
+    q, k, v = (torch.randn(1, 12, 9, 1, 16, requires_grad=True) for _ in range(3))
+    out = tri.na_triton(q, k, v, axes, None, 0.25)
+    ref = na_reference(q, k, v, axes, None, 0.25)
+    torch.testing.assert_close(out, ref, rtol=1e-5, atol=1e-6)
+    assert out[:, 6:].abs().max() == 0
+    grads = torch.autograd.grad(out.sum(), [q, k, v])
+    assert all(torch.isfinite(g).all() for g in grads)
+    assert grads[1][:, 2:].abs().max() == 0  # keys past valid_size get no gradient
+
+
+def test_supports_and_errors():
+    axes = (AxisSpec(9, 3), AxisSpec(9, 3))
+    assert tri.supports(axes) is None
+    assert 'stride' in tri.supports((AxisSpec(9, 3, stride=2), AxisSpec(9, 3)))
+    assert 'causal' in tri.supports((AxisSpec(9, 3, causal=True),))
+    assert '3-D' in tri.supports(axes + (AxisSpec(9, 3),))
+    assert 'dropout' in tri.supports(axes, dropout_p=0.1)
+    x = torch.randn(1, 9, 9, 1, 16)
+    with pytest.raises(ValueError, match='stride'):
+        tri.na_triton(x, x, x, (AxisSpec(9, 3, stride=2), AxisSpec(9, 3)), None, 1.0)
+
+
+@pytest.mark.parametrize('shape, dilation', [((56, 56), 1), ((200, 336), 1), ((200, 336), 28)])
+def test_tiling_efficiency(shape, dilation):
+    """At k = 7 the kernels compute at most 6x the query-key pairs NA needs (flex: 13x-62x before)."""
+    axes = tuple(AxisSpec(s, 7, dilation) for s in shape)
+    needed = shape[0] * shape[1] * 49
+    assert needed <= tri.computed_pairs(axes) <= 6 * needed
+
+
+def test_computed_pairs_counts_the_kernel_loops():
+    """computed_pairs equals an explicit walk over the forward kernel's tiles and key steps."""
+    axes = (AxisSpec(13, 5, 2), AxisSpec(11, 3))
+    t = tri.tiling(5, 3)
+    total = 0
+    for gy in range(2):
+        lgy = len(range(gy, 13, 2))
+        for y0 in range(0, lgy, t.tqh):
+            sy = [min(max(i - 2, 0), lgy - 5) for i in range(y0, min(y0 + t.tqh, lgy))]
+            rows = sy[-1] + 5 - sy[0]
+            for x0 in range(0, 11, t.tqw):
+                sx = [min(max(i - 1, 0), 11 - 3) for i in range(x0, min(x0 + t.tqw, 11))]
+                cols = sx[-1] + 3 - sx[0]
+                total += t.tqh * t.tqw * rows * t.kw * -(-cols // t.kw)
+    assert tri.computed_pairs(axes) == total
+
+
+def _worker_main() -> None:
+    results = {}
+
+    def attempt(name, fn):
+        try:
+            results[name] = fn()
+        except Exception as e:  # noqa: BLE001 - reported to the test process
+            results[name] = f'{type(e).__name__}: {e}'[:2000]
+
+    for i, case in enumerate(FP32_CASES):
+        attempt(f'fp32/{i}', lambda: run_case(case, torch.float32))
+    for i, case in enumerate(HALF_CASES):
+        for dtype in (torch.float16, torch.bfloat16):
+            attempt(f'{str(dtype)[6:]}/{i}', lambda: run_case(case, dtype))
+    attempt('public', lambda: (check_public_op_and_strided_inputs(), 'ok')[1])
+    attempt('no_keys', lambda: (check_queries_without_keys(), 'ok')[1])
+    print(json.dumps(results))
+
+
+if __name__ == '__main__':
+    assert os.environ.get('TRITON_INTERPRET') == '1', 'the worker needs TRITON_INTERPRET=1'
+    _worker_main()
