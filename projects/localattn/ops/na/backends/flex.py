@@ -171,7 +171,8 @@ def to_tile_major(x: Tensor, layout: TileLayout) -> Tensor:
     nt = [1 + 3 * a for a in range(n)]
     tl = [2 + 3 * a for a in range(n)]
     x = x.permute([0, 3 * n + 1] + g + nt + tl + [3 * n + 2]).reshape(b, h, -1, c)
-    return F.pad(x, [0, 0, 0, layout.tokens - x.shape[2]])
+    # contiguous: a reshape that happens to be a view keeps odd strides, and compiled flex guards on them
+    return F.pad(x, [0, 0, 0, layout.tokens - x.shape[2]]).contiguous()
 
 
 def from_tile_major(x: Tensor, layout: TileLayout, shape: torch.Size) -> Tensor:
@@ -384,6 +385,7 @@ def needed_pairs(axes: tuple[AxisSpec, ...]) -> int:
     return math.prod(ax.length for ax in axes) * math.prod(ax.kernel for ax in axes)
 
 
+@functools.lru_cache(maxsize=64)
 def _row_major_blocks(axes: tuple[AxisSpec, ...], chunk: int = 32) -> int:
     """Visited ``ROW_BLOCK`` blocks of the row-major order, ``chunk`` query blocks at a time."""
     lengths = [ax.length for ax in axes]
