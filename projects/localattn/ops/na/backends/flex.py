@@ -21,8 +21,8 @@ Why 64-token blocks: with equal query and key blocks, the windows of an interior
 3 x 3 key tiles whatever the tile's shape (the window sticks out on both sides), so the computed
 pairs per query are ``9 x block``: 1152 for 128-token tiles (23.5x the 49 needed at k = 7, worse
 than row-major on small maps), 576 for 64-token tiles (11.8x). Torch's default CUDA kernel tiles
-for head dim 32 are 64 x 64 anyway; where its backward configs need 128-wide blocks (e.g. fp16/bf16
-on sm80, or head dims 64-128 on sm90) the backend switches to :data:`BIG_BLOCK` for that call.
+for head dim 32 are 64 x 64 anyway; where its fp16/bf16 backward configs need 128-wide blocks (head
+dim < 64 on sm80, 64-128 on sm90) the backend switches to :data:`BIG_BLOCK` for that call.
 
 Mask. Everything the ``mask_mod``/``score_mod`` read lives in small per-token tables (``int32``,
 one row per axis) in the *slot* coordinates ``g * P_a + li`` of each axis: a query's window is the
