@@ -1,4 +1,9 @@
-"""Install localattn: local-attention backbones (NAT, DiNAT, QnA-ViT) for OpenMMLab 2.x."""
+"""Install localattn: local-attention backbones (NAT, DiNAT, QnA-ViT) for OpenMMLab 2.x.
+
+``pip install .`` installs the torch-only core (``localattn.ops``, ``localattn.layers``);
+``pip install ".[mm]"`` adds the OpenMMLab packages the backbones need (mmcv's compiled ops are best
+built as ``tools/setup_env.sh`` does, see README "Installation").
+"""
 import os.path as osp
 
 from setuptools import find_packages, setup
@@ -31,6 +36,9 @@ setup(
     python_requires='>=3.9',
     package_dir={'': 'projects'},
     packages=find_packages('projects'),
+    # The C++ source of the native NA backend, compiled on first use (localattn/ops/na/backends/native.py).
+    package_data={'localattn': ['ops/na/backends/*.cpp']},
+    # The core (localattn.ops, localattn.layers) needs only torch and numpy; the backbones need [mm].
     install_requires=read_requirements('runtime'),
     extras_require={
         'mm': read_requirements('mminstall'),

@@ -87,9 +87,9 @@ def test_na_strided_inputs_and_inference_path():
     rpb = torch.randn(2, 5, 5)
     want = na2d(q.contiguous(), k.contiguous(), v.contiguous(), 3, rpb=rpb, backend='reference')
     with torch.no_grad():
-        got = na2d(q, k, v, 3, rpb=rpb, backend='tiled')
+        got = na2d(q, k, v, 3, rpb=rpb, backend='native')
     torch.testing.assert_close(got, want, rtol=1e-5, atol=1e-6)
-    dilated = na2d(q, k, v, 3, dilation=(2, 3), rpb=rpb, backend='tiled')
+    dilated = na2d(q, k, v, 3, dilation=(2, 3), rpb=rpb, backend='native')
     torch.testing.assert_close(dilated, na2d(q, k, v, 3, dilation=(2, 3), rpb=rpb, backend='reference'),
                                rtol=1e-5, atol=1e-6)
 

@@ -9,27 +9,27 @@ from __future__ import annotations
 import itertools
 import random
 import shutil
+import types
 import warnings
 
 import pytest
 import torch
 
 from localattn.ops.na import BACKENDS, native, na1d, na2d, na3d
-from localattn.ops.na.functional import natten_available
+from localattn.ops.na.functional import DTYPES, natten_available, resolve_backend
 from localattn.ops.na.indexing import AxisSpec
-from localattn.ops.na.backends.tiles import na_tiled
+from localattn.ops.na.backends.tiles import na_tiles
 
 OPS = {1: na1d, 2: na2d, 3: na3d}
-# 'tiled' runs the compiled kernel when a compiler is available; 'tiled-torch' forces the torch tiles
-CPU_BACKENDS = ('reference', 'unrolled', 'tiled', 'tiled-torch')
+HAS_CXX = shutil.which('g++') is not None or shutil.which('c++') is not None
+CPU_BACKENDS = ('reference', 'unrolled', 'native', 'tiles')
 
 
 @pytest.fixture(params=CPU_BACKENDS)
-def backend(request, monkeypatch) -> str:
+def backend(request) -> str:
     """A CPU implementation, as the ``backend`` argument to pass."""
-    if request.param == 'tiled-torch':
-        monkeypatch.setattr(native, 'library', lambda: None)
-        return 'tiled'
+    if request.param == 'native' and not HAS_CXX:
+        pytest.skip('the native backend needs a C++ compiler')
     return request.param
 
 
@@ -111,11 +111,11 @@ def test_random_configs_match_oracle(seed):
                       valid=case['valid'])
     kwargs = dict(dilation=tuple(case['dilation']), stride=tuple(case['stride']),
                   is_causal=tuple(case['causal']), rpb=rpb, valid_size=tuple(case['valid']))
-    for backend in ('reference', 'unrolled', 'tiled'):
+    for backend in ('reference', 'unrolled', 'tiles') + (('native',) if HAS_CXX else ()):
         out = OPS[len(case['spatial'])](q, k, v, tuple(case['kernel']), backend=backend, **kwargs)
         torch.testing.assert_close(out, expected, rtol=1e-10, atol=1e-10, msg=f'{backend} {case}')
     # torch tiles with explicit small tiles: many tiles per axis, halos clipped at borders and group ends
-    out = na_tiled(q, k, v, axes_of(case), rpb, q.shape[-1] ** -0.5, tiles=case['tiles'])
+    out = na_tiles(q, k, v, axes_of(case), rpb, q.shape[-1] ** -0.5, tiles=case['tiles'])
     torch.testing.assert_close(out, expected, rtol=1e-10, atol=1e-10, msg=str(case))
 
 
@@ -230,7 +230,7 @@ def test_valid_size_masks_keys_and_zeroes_empty_queries(backend):
     torch.testing.assert_close(out, expected)
 
 
-@pytest.mark.parametrize('backend', ['reference', 'unrolled', 'tiled'])
+@pytest.mark.parametrize('backend', ['reference', 'unrolled', 'tiles'])
 def test_dropout(backend):
     """Dropout on the attention weights: random per call and element, unbiased (mean over 400 draws)."""
     q, k, v, _ = make_inputs((5, 5), (3, 3), rpb=False, heads=1, batch=1)
@@ -242,16 +242,19 @@ def test_dropout(backend):
     torch.testing.assert_close(samples.mean(0, keepdim=True), plain, rtol=0, atol=0.1)
 
 
-def test_auto_on_cpu_is_tiled():
+def test_auto_on_cpu_is_native():
+    if not HAS_CXX:
+        pytest.skip('no C++ compiler')
     q, k, v, rpb = make_inputs((7, 7), (3, 3), rpb=True)
-    assert torch.equal(na2d(q, k, v, 3, rpb=rpb), na2d(q, k, v, 3, rpb=rpb, backend='tiled'))
+    assert torch.equal(na2d(q, k, v, 3, rpb=rpb), na2d(q, k, v, 3, rpb=rpb, backend='native'))
 
 
 def test_compiled_kernel_builds():
     """The compiled CPU kernel is the fast path; it must build wherever a C++ compiler exists."""
-    if shutil.which('g++') is None and shutil.which('c++') is None:
+    if not HAS_CXX:
         pytest.skip('no C++ compiler')
     assert native.library() is not None
+    assert native.unavailable_reason() is None
 
 
 def test_flex_forward_on_cpu():
@@ -294,8 +297,8 @@ def test_natten_matches_reference():
     torch.testing.assert_close(out, na2d(q, k, v, 3, dilation=2, backend='reference'), rtol=1e-4, atol=1e-4)
 
 
-def test_tiled_memory_is_linear(backend):
-    """The tiled backend keeps O(N) state: its largest saved tensor grows linearly with the pixels."""
+def test_memory_is_linear(backend):
+    """The native and tiles backends keep O(N) state: its largest saved tensor grows linearly with the pixels."""
     if backend == 'reference':
         pytest.skip('the reference gathers k*k neighbours per query')
 
@@ -332,7 +335,7 @@ def test_tiled_memory_is_linear(backend):
     (lambda q: na1d(q, q, q, 3), 'query must have 4 dims'),
     (lambda q: na3d(q, q, q, 3), 'query must have 6 dims'),
     (lambda q: na2d(q, q, q, 3, backend='cuda'),
-     r"backend must be one of \('auto', 'reference', 'tiled', 'unrolled', 'flex', 'natten'\)"),
+     r"backend must be one of \('auto', 'reference', 'unrolled', 'native', 'tiles', 'flex', 'natten', 'triton'\)"),
     (lambda q: na2d(q, q, q, 3, valid_size=(0, 4)), r'valid_size \(0\) must be in \[1, 10\]'),
     (lambda q: na2d(q, q, q, 3, dropout_p=1.0), 'dropout_p must be in'),
     (lambda q: na2d(q, q, q, 3, dropout_p=0.1, backend='flex'), 'flex.* dropout_p'),
@@ -344,7 +347,7 @@ def test_errors(call, match):
 
 
 def test_backend_names():
-    assert BACKENDS == ('auto', 'reference', 'tiled', 'unrolled', 'flex', 'natten')
+    assert BACKENDS == ('auto', 'reference', 'unrolled', 'native', 'tiles', 'flex', 'natten', 'triton')
 
 
 def test_empty_batch():
@@ -356,3 +359,144 @@ def test_scale_argument(backend):
     q, k, v, _ = make_inputs((6, 5), (3, 3), rpb=False)
     out = na2d(q, k, v, 3, scale=0.3, backend=backend)
     torch.testing.assert_close(out, oracle(q, k, v, (3, 3), (1, 1), (1, 1), (False, False), scale=0.3))
+
+
+# --- backend resolution (localattn.ops.na.functional.resolve_backend) ---------------------------------
+
+def _call(device='cpu', dtype=torch.float32):
+    """What ``resolve_backend`` reads of a query: device and dtype (a CUDA query without a GPU)."""
+    return types.SimpleNamespace(device=torch.device(device), dtype=dtype)
+
+
+AXES = (AxisSpec(8, 3), AxisSpec(8, 3))
+
+
+def resolve(backend, device='cpu', dtype=torch.float32, dropout_p=0.0, rpb=None, axes=AXES):
+    return resolve_backend(backend, _call(device, dtype), rpb, axes, dropout_p)
+
+
+@pytest.fixture
+def tracing(monkeypatch):
+    """Pretend to run under torch.compile (``'compile'``) or torch.export (``'export'``)."""
+    def enter(mode):
+        monkeypatch.setattr(torch.compiler, 'is_compiling', lambda: True)
+        monkeypatch.setattr(torch.compiler, 'is_exporting', lambda: mode == 'export')
+    return enter
+
+
+@pytest.fixture
+def no_kernel(monkeypatch):
+    monkeypatch.setattr(native, 'library', lambda: None)
+
+
+@pytest.mark.skipif(not HAS_CXX, reason='no C++ compiler')
+@pytest.mark.parametrize('dtype', DTYPES)
+def test_auto_eager_cpu_is_native(dtype):
+    assert resolve('auto', dtype=dtype) == 'native'
+
+
+def test_auto_eager_table():
+    assert resolve('auto', dropout_p=0.1) == 'tiles'
+    assert resolve('auto', 'cuda', torch.float64) == 'tiles'
+    assert resolve('auto', 'cuda', torch.float16, dropout_p=0.1) == 'tiles'
+    assert resolve('auto', 'mps') == 'tiles'
+    rpb = torch.zeros(2, 5, 5)
+    assert resolve('auto', 'cuda', torch.bfloat16, rpb=rpb) == 'flex'  # natten takes no rpb
+    assert resolve('auto', 'cuda', torch.float32) == ('natten' if natten_available() else 'flex')
+
+
+def test_auto_without_kernel_is_tiles(no_kernel):
+    assert resolve('auto') == 'tiles'
+    assert resolve('auto', dtype=torch.float64) == 'tiles'
+
+
+@pytest.mark.skipif(not HAS_CXX, reason='no C++ compiler')
+def test_auto_under_compile(tracing):
+    tracing('compile')
+    assert resolve('auto') == 'native'
+    assert resolve('auto', dropout_p=0.1) == 'reference'
+    assert resolve('auto', 'cuda', torch.float16) == 'flex'
+    assert resolve('auto', 'cuda', torch.float64) == 'reference'
+    assert resolve('auto', 'cuda', dropout_p=0.1) == 'reference'
+
+
+def test_auto_under_compile_without_kernel(tracing, no_kernel):
+    tracing('compile')
+    assert resolve('auto') == 'reference'
+
+
+@pytest.mark.parametrize('device,dtype,dropout_p', [('cpu', torch.float32, 0.0), ('cpu', torch.float64, 0.1),
+                                                    ('cuda', torch.float16, 0.0)])
+def test_auto_under_export_is_unrolled(tracing, device, dtype, dropout_p):
+    tracing('export')
+    assert resolve('auto', device, dtype, dropout_p) == 'unrolled'
+
+
+@pytest.mark.parametrize('name', ['reference', 'unrolled', 'tiles'])
+def test_portable_backends_run_anywhere(name):
+    for device, dtype, dropout_p in [('cpu', torch.float64, 0.1), ('cuda', torch.float16, 0.0), ('mps', torch.float32, 0.2)]:
+        assert resolve(name, device, dtype, dropout_p) == name
+
+
+@pytest.mark.parametrize('kwargs,error,match,can', [
+    (dict(backend='native', device='cuda'), ValueError, 'CPU kernel and the inputs are on cuda',
+     "'reference', 'unrolled', 'tiles'"),
+    (dict(backend='native', dropout_p=0.1), ValueError, 'does not support dropout_p', "'reference', 'unrolled', 'tiles'"),
+    (dict(backend='flex', dropout_p=0.1), ValueError, 'FlexAttention does not support dropout_p',
+     "'reference', 'unrolled', 'tiles'"),
+    (dict(backend='natten', rpb=torch.zeros(2, 5, 5)), ValueError, 'natten supports neither rpb',
+     "'reference', 'unrolled', "),
+    (dict(backend='triton', device='cpu'), ValueError, 'it runs on CUDA', "'reference', 'unrolled', "),
+])
+def test_impossible_request_names_the_alternatives(monkeypatch, kwargs, error, match, can):
+    monkeypatch.delenv('TRITON_INTERPRET', raising=False)
+    with pytest.raises(error, match=match) as info:
+        resolve(**kwargs)
+    message = str(info.value)
+    assert message.startswith(f"backend={kwargs['backend']!r} cannot run this call")
+    assert f'Backends that can: {can}' in message and 'backend="auto" picks' in message
+    offered = message.split('Backends that can: ')[1].split(' (backend="auto"')[0].split(', ')
+    assert repr(kwargs['backend']) not in offered and "'reference'" in offered
+
+
+def test_native_without_kernel_is_a_runtime_error(no_kernel):
+    with pytest.raises(RuntimeError, match=r"backend='native' cannot run this call: the compiled kernel is "
+                                           r"unavailable .*Backends that can: 'reference', 'unrolled', 'tiles'.*"
+                                           r"picks 'tiles'"):
+        resolve('native')
+
+
+@pytest.mark.skipif(natten_available(), reason='natten is installed')
+def test_natten_not_installed_is_a_runtime_error():
+    with pytest.raises(RuntimeError, match="backend='natten' cannot run this call: the natten package is not "
+                                           "installed.*'tiles'"):
+        resolve('natten')
+
+
+@pytest.mark.skipif(torch.cuda.is_available(), reason='triton may be able to run here')
+def test_triton_without_gpu_is_a_runtime_error(monkeypatch):
+    monkeypatch.delenv('TRITON_INTERPRET', raising=False)
+    with pytest.raises(RuntimeError, match="backend='triton' cannot run this call: .*Backends that can: "
+                                           "'reference', 'unrolled', 'tiles'"):
+        resolve('triton', 'cuda')
+
+
+def test_named_backend_runs_that_implementation(monkeypatch):
+    """No silent substitution: with the kernel gone, 'tiles' still runs tiles and 'native' refuses."""
+    q, k, v, rpb = make_inputs((7, 7), (3, 3), rpb=True)
+    expected = na2d(q, k, v, 3, rpb=rpb, backend='reference')
+    torch.testing.assert_close(na2d(q, k, v, 3, rpb=rpb, backend='tiles'), expected)
+    monkeypatch.setattr(native, 'library', lambda: None)
+    torch.testing.assert_close(na2d(q, k, v, 3, rpb=rpb), expected)
+    with pytest.raises(RuntimeError, match="backend='native'"):
+        na2d(q, k, v, 3, rpb=rpb, backend='native')
+
+
+def test_tiled_is_a_deprecated_alias(monkeypatch):
+    with pytest.warns(DeprecationWarning, match="'tiled' is deprecated; use 'native' .* or 'tiles'"):
+        assert resolve('tiled') == ('native' if HAS_CXX else 'tiles')
+    with pytest.warns(DeprecationWarning):
+        assert resolve('tiled', dropout_p=0.1) == 'tiles'
+    monkeypatch.setattr(native, 'library', lambda: None)
+    with pytest.warns(DeprecationWarning):
+        assert resolve('tiled') == 'tiles'

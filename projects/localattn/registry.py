@@ -28,7 +28,11 @@ class LocalattnImportWarning(UserWarning):
 
 def _load_registry(package: str, registry_module: str):
     """Return ``<registry_module>.MODELS`` or None when ``package`` is not installed."""
-    if importlib.util.find_spec(package) is None:
+    try:
+        installed = importlib.util.find_spec(package) is not None
+    except (ImportError, ValueError):  # an import hook that refuses it, or a half-imported module
+        installed = False
+    if not installed:
         warnings.warn(
             f'{package} is not installed: localattn modules are not registered in its MODELS '
             f'registry (install it to use localattn in {package} configs).',

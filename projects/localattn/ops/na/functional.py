@@ -1,7 +1,58 @@
-"""Public neighbourhood-attention ops ``na1d``/``na2d``/``na3d``: argument checking and backend dispatch."""
+"""Public neighbourhood-attention ops ``na1d``/``na2d``/``na3d``: argument checking and backend choice.
+
+Every backend name is one implementation (one module of :mod:`.backends`, or an optional package):
+
+============  ==================================================================================
+backend       implementation
+============  ==================================================================================
+reference     explicit neighbour gather (:mod:`.backends.reference`): the oracle; any device
+unrolled      per-window-offset gathers in standard ops (:mod:`.backends.unrolled`): export / ONNX
+native        the compiled C++ CPU kernel (:mod:`.backends.native`, ``native.cpp``); CPU only,
+              no dropout, needs a C++ compiler
+tiles         pure-torch query tiles against key halos (:mod:`.backends.tiles`); any device
+flex          torch FlexAttention (:mod:`.backends.flex`); CUDA (CPU: eager forward only), no dropout
+natten        the optional NATTEN package; no rpb, valid_size or dropout
+triton        Triton kernels (:mod:`.backends.triton`); CUDA with triton, opt-in
+============  ==================================================================================
+
+:func:`resolve_backend` is the single place that decides which one runs. ``backend='auto'`` takes
+the first row of this table that matches the call:
+
+==========  =========  ==================  =======  ==================================================
+context     device     dtype               dropout  backend
+==========  =========  ==================  =======  ==================================================
+export      any        any                 any      ``unrolled`` (``torch.export`` / ONNX export)
+compile     CPU        any                 0        ``native``; ``reference`` without the kernel
+compile     CPU        any                 > 0      ``reference``
+compile     not CPU    fp16 / bf16 / fp32  0        ``flex``
+compile     not CPU    fp64, or dropout    any      ``reference``
+eager       CPU        any                 0        ``native``; ``tiles`` without the kernel
+eager       CPU        any                 > 0      ``tiles``
+eager       CUDA       fp16 / bf16 / fp32  0        ``natten`` when installed and the call has no rpb /
+                                                    valid_size; else ``flex``
+eager       CUDA       fp64, or dropout    any      ``tiles``
+eager       other      any                 any      ``tiles``
+==========  =========  ==================  =======  ==================================================
+
+(``compile``: under ``torch.compile``, where the ``tiles`` autograd Function does not trace; the
+``native`` kernel is a custom op there. "without the kernel": no C++ compiler, a failed build, which
+:mod:`.backends.native` reports once with a ``RuntimeWarning``, or ``LOCALATTN_NA_NATIVE=0``.)
+
+A backend requested by name runs exactly that implementation. When it cannot run the call (``native``
+on CUDA, without a compiler or with dropout; ``flex`` or ``triton`` with dropout; ``natten`` not
+installed or with rpb; ``triton`` without CUDA or triton...) the call raises ``ValueError`` (the
+arguments rule it out) or ``RuntimeError`` (the environment does), naming the backend, the reason and
+the backends that can run it. ``'tiled'``, the former name of native-else-tiles, still resolves like
+that with a ``DeprecationWarning``.
+"""
 from __future__ import annotations
 
+import functools
+import importlib
 import importlib.util
+import os
+import warnings
+from types import ModuleType
 from typing import Sequence, Union
 
 import torch
@@ -10,10 +61,12 @@ from torch import Tensor
 from .indexing import AxisSpec
 from .backends import native
 from .backends.reference import na_reference
-from .backends.tiles import na_tiled
+from .backends.tiles import na_tiles
 from .backends.unrolled import na_unrolled
 
-BACKENDS = ('auto', 'reference', 'tiled', 'unrolled', 'flex', 'natten')
+BACKENDS = ('auto', 'reference', 'unrolled', 'native', 'tiles', 'flex', 'natten', 'triton')
+#: Former names ``{old: what to use instead}``, still accepted with a ``DeprecationWarning``.
+DEPRECATED_BACKENDS = {'tiled': "'native' (the compiled CPU kernel) or 'tiles' (pure-torch tiles)"}
 DTYPES = (torch.float16, torch.bfloat16, torch.float32, torch.float64)
 IntArg = Union[int, Sequence[int]]
 BoolArg = Union[bool, Sequence[bool]]
@@ -103,8 +156,33 @@ def natten_available() -> bool:
 
 @_constant_under_compile
 def native_available() -> bool:
-    """Whether the compiled CPU kernel of :mod:`.native` is available (builds it on first call)."""
+    """Whether the compiled CPU kernel of :mod:`.backends.native` is available (builds it on first call)."""
     return native.library() is not None
+
+
+@_constant_under_compile
+def flex_available() -> bool:
+    """Whether this torch has FlexAttention (``torch.nn.attention.flex_attention``, torch >= 2.5)."""
+    try:
+        return importlib.util.find_spec('torch.nn.attention.flex_attention') is not None
+    except ImportError:
+        return False
+
+
+@functools.lru_cache(maxsize=1)
+def _triton_backend() -> tuple[ModuleType | None, str | None]:
+    """``(module, None)`` of :mod:`.backends.triton`, or ``(None, why it cannot be imported)``."""
+    try:
+        return importlib.import_module(f'{__package__}.backends.triton'), None
+    except ImportError as exc:
+        return None, f'its module {__package__}.backends.triton cannot be imported ({type(exc).__name__}: {exc})'
+
+
+@_constant_under_compile
+def triton_available() -> bool:
+    """Whether the ``triton`` backend can run here (its module imports, triton and CUDA are present)."""
+    module, _ = _triton_backend()
+    return module is not None and bool(module.available())
 
 
 def _natten(query: Tensor, key: Tensor, value: Tensor, axes: tuple[AxisSpec, ...], scale: float) -> Tensor:
@@ -115,29 +193,79 @@ def _natten(query: Tensor, key: Tensor, value: Tensor, axes: tuple[AxisSpec, ...
               is_causal=tuple(ax.causal for ax in axes), scale=scale)
 
 
-def _resolve_backend(backend: str, query: Tensor, rpb: Tensor | None, axes: tuple[AxisSpec, ...],
-                     dropout_p: float) -> str:
+def _obstacle(backend: str, query: Tensor, rpb: Tensor | None, axes: tuple[AxisSpec, ...],
+              dropout_p: float) -> tuple[type[Exception], str] | None:
+    """Why the named ``backend`` cannot run this call: ``(ValueError, reason)`` when the arguments rule
+    it out, ``(RuntimeError, reason)`` when the environment does; ``None`` when it can run."""
+    device = query.device.type
+    if backend == 'native':
+        if device != 'cpu':
+            return ValueError, f'it is a CPU kernel and the inputs are on {query.device}'
+        if dropout_p > 0:
+            return ValueError, 'it does not support dropout_p > 0'
+        if not native_available():
+            return RuntimeError, f'the compiled kernel is unavailable ({native.unavailable_reason()})'
+    elif backend == 'flex':
+        if dropout_p > 0:
+            return ValueError, 'FlexAttention does not support dropout_p > 0'
+        if not flex_available():
+            return RuntimeError, f'torch {torch.__version__} has no torch.nn.attention.flex_attention (torch >= 2.5)'
+    elif backend == 'natten':
+        if rpb is not None or dropout_p > 0 or any(ax.valid is not None for ax in axes):
+            return ValueError, 'natten supports neither rpb, valid_size nor dropout_p > 0'
+        if not natten_available():
+            return RuntimeError, 'the natten package is not installed'
+    elif backend == 'triton':
+        if device != 'cuda' and os.environ.get('TRITON_INTERPRET', '0') != '1':
+            return ValueError, f'it runs on CUDA (or under TRITON_INTERPRET=1) and the inputs are on {query.device}'
+        module, why = _triton_backend()
+        if module is None:
+            return RuntimeError, why
+        if not module.available():
+            return RuntimeError, 'triton is not installed or no CUDA device is present'
+        why = module.supports(axes, dropout_p)
+        if why is not None:
+            return ValueError, f'its kernels do not cover {why}'
+    return None
+
+
+def resolve_backend(backend: str, query: Tensor, rpb: Tensor | None, axes: tuple[AxisSpec, ...],
+                    dropout_p: float) -> str:
+    """The backend that runs this call: ``backend`` itself when it can, the module docstring's table
+    for ``'auto'``. The only place that chooses an implementation.
+
+    Raises:
+        ValueError: ``backend`` is unknown, or the call's arguments rule it out.
+        RuntimeError: the environment rules it out (no compiler, package not installed, no CUDA...).
+    """
+    if backend in DEPRECATED_BACKENDS:
+        warnings.warn(f'backend={backend!r} is deprecated; use {DEPRECATED_BACKENDS[backend]}', DeprecationWarning,
+                      stacklevel=4)
+        return 'native' if _obstacle('native', query, rpb, axes, dropout_p) is None else 'tiles'
     if backend not in BACKENDS:
         raise ValueError(f'backend must be one of {BACKENDS}, got {backend!r}')
-    plain = rpb is None and dropout_p == 0 and all(ax.valid is None for ax in axes)
     if backend == 'auto':
+        device, wide = query.device.type, query.dtype == torch.float64
         if torch.compiler.is_exporting():  # torch.export / ONNX: plain indexing ops only
             return 'unrolled'
-        if torch.compiler.is_compiling():  # the tiled autograd Function does not trace: custom op or reference
-            if query.device.type == 'cpu':
-                return 'tiled' if dropout_p == 0 and native_available() else 'reference'
-            return 'flex' if dropout_p == 0 and query.dtype != torch.float64 else 'reference'
-        if query.device.type != 'cuda' or dropout_p > 0 or query.dtype == torch.float64:
-            return 'tiled'
+        if torch.compiler.is_compiling():  # the tiles autograd Function does not trace: custom op or reference
+            if device == 'cpu':
+                return 'native' if dropout_p == 0 and native_available() else 'reference'
+            return 'flex' if dropout_p == 0 and not wide else 'reference'
+        if device == 'cpu':
+            return 'native' if dropout_p == 0 and native_available() else 'tiles'
+        if device != 'cuda' or dropout_p > 0 or wide:
+            return 'tiles'
+        plain = rpb is None and all(ax.valid is None for ax in axes)
         return 'natten' if plain and natten_available() else 'flex'
-    if backend == 'natten':
-        if not plain:
-            raise ValueError('backend="natten" supports neither rpb, valid_size nor dropout_p > 0')
-        if not natten_available():
-            raise RuntimeError('backend="natten" requested but the natten package is not installed')
-    if backend == 'flex' and dropout_p > 0:
-        raise ValueError('backend="flex" does not support dropout_p > 0')
-    return backend
+    obstacle = _obstacle(backend, query, rpb, axes, dropout_p)
+    if obstacle is None:
+        return backend
+    error, reason = obstacle
+    usable = [name for name in BACKENDS[1:] if _obstacle(name, query, rpb, axes, dropout_p) is None]
+    auto = resolve_backend('auto', query, rpb, axes, dropout_p)
+    raise error(f'backend={backend!r} cannot run this call: {reason}. Backends that can: '
+                f'{", ".join(map(repr, usable))} (backend="auto" picks {auto!r}).')
 
 
 def _na(n: int, query: Tensor, key: Tensor, value: Tensor, kernel_size: IntArg, dilation: IntArg,
@@ -150,20 +278,22 @@ def _na(n: int, query: Tensor, key: Tensor, value: Tensor, kernel_size: IntArg, 
     if not 0 <= dropout_p < 1:
         raise ValueError(f'dropout_p must be in [0, 1), got {dropout_p}')
     scale = query.shape[-1] ** -0.5 if scale is None else float(scale)
-    backend = _resolve_backend(backend, query, rpb, axes, dropout_p)
+    backend = resolve_backend(backend, query, rpb, axes, dropout_p)
     if query.shape[0] == 0:
         return torch.empty_like(query)
     if backend == 'reference':
         return na_reference(query, key, value, axes, rpb, scale, dropout_p)
     if backend == 'unrolled':
         return na_unrolled(query, key, value, axes, rpb, scale, dropout_p)
-    if backend == 'tiled':
-        if dropout_p == 0 and query.device.type == 'cpu' and native_available():
-            return native.na_native(query, key, value, axes, rpb, scale)
-        return na_tiled(query, key, value, axes, rpb, scale, dropout_p)
+    if backend == 'native':
+        return native.na_native(query, key, value, axes, rpb, scale)
+    if backend == 'tiles':
+        return na_tiles(query, key, value, axes, rpb, scale, dropout_p)
     if backend == 'flex':
         from .backends.flex import na_flex
         return na_flex(query, key, value, axes, rpb, scale)
+    if backend == 'triton':
+        return _triton_backend()[0].na_triton(query, key, value, axes, rpb, scale)
     return _natten(query, key, value, axes, scale)
 
 
@@ -206,15 +336,15 @@ def na2d(query: Tensor, key: Tensor, value: Tensor, kernel_size: IntArg, *, dila
             (for padded maps). Windows are still computed on the full (padded)
             size; keys at or beyond ``valid_size`` are removed from them. Queries left without any
             key output zeros.
-        dropout_p: dropout probability applied to the attention weights (not on ``flex``/``natten``).
-        backend: one of ``'auto'`` (CUDA: natten when installed and applicable, else flex; fp64,
-            dropout and CPU: tiled; under torch.export / ONNX export: unrolled; under torch.compile:
-            tiled (the CPU kernel as a custom op) or flex, reference with dropout),
-            ``'reference'`` (explicit gather), ``'unrolled'`` (per-offset gathers in standard ops,
-            :mod:`~localattn.ops.na.unrolled`), ``'tiled'`` (CPU: the compiled
-            exact kernel of :mod:`~localattn.ops.na.native` when a C++ compiler is available and no
-            dropout, else pure-torch tiles of :mod:`~localattn.ops.na.tiled`, also on CUDA),
-            ``'flex'``, ``'natten'``.
+        dropout_p: dropout probability applied to the attention weights (not on ``native``,
+            ``flex``, ``natten``).
+        backend: ``'auto'`` (CPU: ``'native'``, else ``'tiles'``; CUDA: ``'natten'`` when installed
+            and applicable, else ``'flex'``, ``'tiles'`` for fp64 and dropout; ``'unrolled'`` under
+            torch.export / ONNX export; the full table is in :mod:`localattn.ops.na.functional`),
+            or one implementation by name: ``'reference'`` (explicit gather), ``'unrolled'``
+            (per-offset gathers in standard ops), ``'native'`` (the compiled CPU kernel),
+            ``'tiles'`` (pure-torch tiles, any device), ``'flex'`` (FlexAttention), ``'natten'``,
+            ``'triton'``. A named backend that cannot run the call raises, naming those that can.
 
     Returns:
         ``[B, H, W, heads, head_dim]``, dtype of ``query``.

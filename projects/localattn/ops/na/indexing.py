@@ -80,7 +80,7 @@ def axis_windows(spec: AxisSpec) -> AxisWindows:
 
 
 class AxisTiles(NamedTuple):
-    """Tiling of one axis for the tiled backend.
+    """Tiling of one axis for the ``tiles`` backend.
 
     Queries of one dilation group are cut into tiles of ``tile`` consecutive local indices; every tile
     reads one contiguous run of ``halo`` keys of its group, which covers all its queries' windows.

@@ -1,6 +1,7 @@
-"""Pure-torch half of the ``tiled`` backend: batched dense attention of query tiles against key halos.
+"""The ``tiles`` backend: pure-torch batched dense attention of query tiles against key halos.
 
-Used on non-CPU devices, with dropout, or where the compiled kernel of :mod:`.native` is unavailable.
+Any device; what ``backend='auto'`` runs eagerly off CUDA's fast paths: on CUDA for fp64 or with
+dropout, on CPU with dropout or where the compiled kernel of :mod:`.native` is unavailable.
 
 Each axis is cut into tiles of ``T`` consecutive queries of one dilation group (see
 :func:`~.indexing.axis_tiles`); the windows of a tile's queries lie in one run of ``H <= T + k - 1``
@@ -91,7 +92,7 @@ def _row_major(sizes: list[int]) -> list[int]:
 @table_cache(maxsize=32)
 def tile_plan(axes: tuple[AxisSpec, ...], tiles: tuple[int, ...], heads: int,
               device: torch.device) -> TilePlan:
-    """Build (and cache) the gather indices and per-class window tables of a tiled NA call."""
+    """Build (and cache) the gather indices and per-class window tables of a ``tiles`` NA call."""
     per_axis = [axis_tiles(ax, t) for ax, t in zip(axes, tiles)]
     classes = [_classes(t.mask, t.rel) for t in per_axis]
     lengths = [ax.length for ax in axes]
@@ -128,7 +129,7 @@ def tile_plan(axes: tuple[AxisSpec, ...], tiles: tuple[int, ...], heads: int,
 
 
 class _TiledAttention(torch.autograd.Function):
-    """Core of the tiled backend: gathers, tile scores, softmax, output scatter, and the backward pass.
+    """Core of the tiles backend: gathers, tile scores, softmax, output scatter, and the backward pass.
 
     ``addend`` (``[h or 1, C, Tq, Hk]``, statistics dtype) is the per-class bias + ``-inf`` mask.
     Saves the tiles, the (fp32) probabilities and the output; backward uses
@@ -195,7 +196,7 @@ class _TiledAttention(torch.autograd.Function):
         return d_query.view(out.shape), d_key.view(out.shape), d_value.view(out.shape), d_addend, None, None, None
 
 
-def na_tiled(query: Tensor, key: Tensor, value: Tensor, axes: tuple[AxisSpec, ...],
+def na_tiles(query: Tensor, key: Tensor, value: Tensor, axes: tuple[AxisSpec, ...],
              rpb: Tensor | None, scale: float, dropout_p: float = 0.0,
              tiles: tuple[int, ...] | None = None) -> Tensor:
     """Neighbourhood attention by query tiles and key halos.
