@@ -119,7 +119,7 @@ def choose_tiles(axes: tuple[AxisSpec, ...], block: int = BLOCK) -> tuple[int, .
     """The ``block``-token tile shape with the fewest computed pairs for ``axes`` (ties: most cubic).
 
     Visited blocks factor over the axes, so every candidate costs a few per-axis counts; e.g.
-    ``8 x 8`` for most 2-D maps, ``4 x 16`` for a 28x28 map (28 rows fill 4-row tiles exactly).
+    ``8 x 8`` for most 2-D maps, ``32 x 2`` for a 28x28 map (7.0x the needed pairs instead of 10.7x).
     While torch traces (an outer ``torch.compile``, export) the counts would be data-dependent, so
     the most cubic shape is used there.
     """
