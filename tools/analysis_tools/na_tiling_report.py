@@ -61,9 +61,10 @@ def standard_cases() -> list[Case]:
               '800x1344': [(200, 336), (100, 168), (50, 84), (25, 42)]}
     cases = [Case(f'NAT {size} stage {s + 1}', h, w, 1) for size, maps in stages.items()
              for s, (h, w) in enumerate(maps)]
-    # distinct dilations > 1 of DiNAT, per stage (reference: neighborhood-attention.md, section 4)
-    imagenet = [(1, 8), (2, 4), (3, 2)]  # [[1,8,1],[1,4,1,4],[1,2]*9,[1]*5]
-    coco = [(1, 28), (2, 7), (2, 14), (3, 3), (3, 5), (3, 7), (4, 3)]  # [[1,28,1],[1,7,1,14],[1,3,1,5,1,7]*3,[1,3,1,3,1]]
+    # the distinct dilations > 1 of DiNAT per stage (official configs):
+    # ImageNet 224 [[1,8,1],[1,4,1,4],[1,2]*9,[1]*5]; COCO [[1,28,1],[1,7,1,14],[1,3,1,5,1,7]*3,[1,3,1,3,1]]
+    imagenet = [(1, 8), (2, 4), (3, 2)]
+    coco = [(1, 28), (2, 7), (2, 14), (3, 3), (3, 5), (3, 7), (4, 3)]
     cases += [Case(f'DiNAT IN-1K 224 stage {s}', *stages['224'][s - 1], d) for s, d in imagenet]
     cases += [Case(f'DiNAT COCO 800x1344 stage {s}', *stages['800x1344'][s - 1], d) for s, d in coco]
     return cases
