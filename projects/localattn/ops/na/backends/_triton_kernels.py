@@ -25,7 +25,7 @@ of a partial buffer that the host sums: no atomics, deterministic, race-free by 
 import triton
 import triton.language as tl
 
-LOG2E = 1.4426950408889634
+LOG2E: tl.constexpr = tl.constexpr(1.4426950408889634)
 _SIZES = ['Ly', 'Lx', 'kyk', 'kxk', 'dy', 'dx', 'Vy', 'Vx', 'tiles_y', 'tiles_x']
 
 

@@ -1,0 +1,53 @@
+"""``tools/analysis_tools/gpu_check.py --device cpu --quick``: every section runs on CPU and reports.
+
+The triton kernels run in Triton's interpreter there (the tool sets ``TRITON_INTERPRET=1`` before
+anything imports triton, hence a subprocess); flex has no CPU backward, so its timed rows are
+reported as skipped, never as passed.
+"""
+from __future__ import annotations
+
+import csv
+import os
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+
+pytest.importorskip('triton')
+
+ROOT = Path(__file__).resolve().parents[1]
+TOOL = ROOT / 'tools' / 'analysis_tools' / 'gpu_check.py'
+
+
+@pytest.mark.slow
+def test_quick_cpu_run_writes_a_complete_report(tmp_path):
+    env = dict(os.environ, PYTHONPATH=os.pathsep.join([str(ROOT / 'projects'), os.environ.get('PYTHONPATH', '')]))
+    env.pop('TRITON_INTERPRET', None)
+    proc = subprocess.run([sys.executable, str(TOOL), '--device', 'cpu', '--quick', '--out', str(tmp_path)],
+                          env=env, capture_output=True, text=True, timeout=1200)
+    assert proc.returncode == 0, proc.stdout[-3000:] + proc.stderr[-3000:]
+    rows = list(csv.DictReader(open(tmp_path / 'gpu_check.csv')))
+    assert not [r for r in rows if r['status'] == 'FAIL']
+    by_section = {}
+    for r in rows:
+        by_section.setdefault(r['section'], []).append(r)
+    # triton against the reference: outputs and all four gradients, fp32 and bf16
+    corr = by_section['correctness']
+    assert len(corr) == 4 and all(r['status'] == 'PASS' and 'drpb' in r['note'] for r in corr)
+    assert all(float(r['value']) < 1e-5 for r in corr if 'float32' in r['metric'])
+    # bf16-autocast training steps of NAT, DiNAT (triton) and QnA-ViT
+    steps = by_section['train_steps']
+    assert {r['case'].split()[0] for r in steps} == {'NAT-Tiny', 'DiNAT-Tiny', 'QnA-ViT-Tiny'}
+    assert all(r['status'] == 'PASS' for r in steps)
+    # timings exist for triton and both baselines; images/s for the backbones
+    speed = {r['backend']: r for r in by_section['na_speed'] if r['metric'] == 'fwd+bwd ms'}
+    assert {'triton', 'dense SDPA (no bias)', 'window attention 7x7 (SDPA + bias)'} <= set(speed)
+    assert all(float(speed[b]['value']) > 0 for b in ('triton', 'dense SDPA (no bias)'))
+    assert any(r['metric'] == 'images/s' and float(r['value']) > 0 for r in by_section['backbone_speed'])
+    # flex: exact forward on CPU, backward reported as skipped
+    assert all(r['status'] == 'PASS' for r in by_section['flex_correctness'])
+    assert by_section['ratios']
+    report = (tmp_path / 'gpu_check.md').read_text()
+    assert '## correctness' in report and '## summary' in report and '0 FAIL rows' in report
+    assert (tmp_path / 'gpu_check.json').exists()
