@@ -3,7 +3,10 @@
 # NAT paper recipe: AdamW lr 1e-4, wd 0.05, 500-iter linear warmup, steps at epochs 27/33,
 # 16 images per batch (8 GPUs x 2). Paper: 51.4 box / 44.5 mask mAP (see README.md).
 # The heads and the pipeline come from mmdet's ConvNeXt config (mmdet 3.3 ships no Swin cascade).
-_base_ = 'mmdet::convnext/cascade-mask-rcnn_convnext-t-p4-w7_fpn_4conv1fc-giou_amp-ms-crop-3x_coco.py'
+_base_ = [
+    'mmdet::convnext/cascade-mask-rcnn_convnext-t-p4-w7_fpn_4conv1fc-giou_amp-ms-crop-3x_coco.py',
+    './_base_/nat-backbone.py',
+]
 
 # Replaces the base's `mmpretrain.models` import (its ConvNeXt backbone is deleted below).
 custom_imports = dict(imports=['localattn'], allow_failed_imports=False)
@@ -16,13 +19,9 @@ pretrained = 'checkpoints/nat-tiny_in1k.pth'
 model = dict(
     backbone=dict(
         _delete_=True,
-        type='NAT',
+        **_base_.nat_backbone,  # NAT, 7x7 neighbourhoods, stages 0-3 out, nothing frozen
         arch='tiny',
-        kernel_size=7,
         drop_path_rate=0.2,
-        out_indices=(0, 1, 2, 3),
-        frozen_stages=-1,
-        with_cp=False,
         init_cfg=dict(type='Pretrained', checkpoint=pretrained)),
     neck=dict(in_channels=[64, 128, 256, 512]))
 
@@ -39,17 +38,11 @@ param_scheduler = [
         gamma=0.1)
 ]
 
-# Plain AdamW with no-decay keys instead of the base's ConvNeXt layer-wise lr decay constructor
-# (mmdet's LearningRateDecayOptimizerConstructor accepts only ConvNeXt/BEiT backbones).
+# Plain AdamW with no-decay keys (`nat_paramwise_cfg`) instead of the base's ConvNeXt layer-wise lr
+# decay constructor (mmdet's LearningRateDecayOptimizerConstructor accepts only ConvNeXt/BEiT).
 optim_wrapper = dict(
     _delete_=True,
     type='AmpOptimWrapper',
     loss_scale='dynamic',
-    optimizer=dict(
-        type='AdamW', lr=0.0001, betas=(0.9, 0.999), weight_decay=0.05),
-    paramwise_cfg=dict(
-        custom_keys={
-            'rpb': dict(decay_mult=0.),
-            'norm': dict(decay_mult=0.),
-            'gamma': dict(decay_mult=0.)
-        }))
+    optimizer=dict(type='AdamW', lr=0.0001, betas=(0.9, 0.999), weight_decay=0.05),
+    paramwise_cfg=_base_.nat_paramwise_cfg)

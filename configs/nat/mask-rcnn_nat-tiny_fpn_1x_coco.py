@@ -1,7 +1,10 @@
 # Mask R-CNN + FPN with a NAT-Tiny backbone, 1x schedule (12 epochs), COCO instance segmentation.
 # 16 images per batch (8 GPUs x 2). The NAT paper reports the 3x schedule only; this config keeps its
 # optimiser (AdamW lr 1e-4, wd 0.05, 500-iter warmup) on mmdet's 1x schedule (steps at 8/11), fp32.
-_base_ = 'mmdet::swin/mask-rcnn_swin-t-p4-w7_fpn_1x_coco.py'
+_base_ = [
+    'mmdet::swin/mask-rcnn_swin-t-p4-w7_fpn_1x_coco.py',
+    './_base_/nat-backbone.py',
+]
 
 custom_imports = dict(imports=['localattn'], allow_failed_imports=False)
 
@@ -13,13 +16,9 @@ pretrained = 'checkpoints/nat-tiny_in1k.pth'
 model = dict(
     backbone=dict(
         _delete_=True,
-        type='NAT',
+        **_base_.nat_backbone,  # NAT, 7x7 neighbourhoods, stages 0-3 out, nothing frozen
         arch='tiny',
-        kernel_size=7,
         drop_path_rate=0.2,
-        out_indices=(0, 1, 2, 3),
-        frozen_stages=-1,
-        with_cp=False,
         init_cfg=dict(type='Pretrained', checkpoint=pretrained)),
     neck=dict(in_channels=[64, 128, 256, 512]))
 
@@ -36,16 +35,9 @@ param_scheduler = [
         gamma=0.1)
 ]
 
-# No weight decay on relative positional bias tables (`rpb`), LayerNorms (`norm`) and layer-scale
-# vectors (`gamma`, NAT-Small/Base).
+# No weight decay on `rpb` tables, LayerNorms and layer-scale vectors (`nat_paramwise_cfg`).
 optim_wrapper = dict(
     _delete_=True,
     type='OptimWrapper',
-    optimizer=dict(
-        type='AdamW', lr=0.0001, betas=(0.9, 0.999), weight_decay=0.05),
-    paramwise_cfg=dict(
-        custom_keys={
-            'rpb': dict(decay_mult=0.),
-            'norm': dict(decay_mult=0.),
-            'gamma': dict(decay_mult=0.)
-        }))
+    optimizer=dict(type='AdamW', lr=0.0001, betas=(0.9, 0.999), weight_decay=0.05),
+    paramwise_cfg=_base_.nat_paramwise_cfg)

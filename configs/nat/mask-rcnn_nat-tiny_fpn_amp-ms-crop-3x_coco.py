@@ -3,7 +3,10 @@
 # NAT paper recipe: AdamW lr 1e-4, wd 0.05, 500-iter linear warmup, steps at epochs 27/33,
 # 16 images per batch (8 GPUs x 2). Paper: 47.7 box / 42.6 mask mAP (see README.md).
 # The pipeline (short side 480-800, max 1333, 384-600 crop branch) comes from the mmdet base.
-_base_ = 'mmdet::swin/mask-rcnn_swin-t-p4-w7_fpn_amp-ms-crop-3x_coco.py'
+_base_ = [
+    'mmdet::swin/mask-rcnn_swin-t-p4-w7_fpn_amp-ms-crop-3x_coco.py',
+    './_base_/nat-backbone.py',
+]
 
 custom_imports = dict(imports=['localattn'], allow_failed_imports=False)
 
@@ -15,13 +18,9 @@ pretrained = 'checkpoints/nat-tiny_in1k.pth'
 model = dict(
     backbone=dict(
         _delete_=True,
-        type='NAT',
+        **_base_.nat_backbone,  # NAT, 7x7 neighbourhoods, stages 0-3 out, nothing frozen
         arch='tiny',
-        kernel_size=7,
         drop_path_rate=0.2,
-        out_indices=(0, 1, 2, 3),
-        frozen_stages=-1,
-        with_cp=False,
         init_cfg=dict(type='Pretrained', checkpoint=pretrained)),
     neck=dict(in_channels=[64, 128, 256, 512]))
 
@@ -39,16 +38,10 @@ param_scheduler = [
 ]
 
 # fp16; on a machine without CUDA tools/train.py falls back to fp32 OptimWrapper.
-# No weight decay on `rpb` tables, LayerNorms and layer-scale vectors (`gamma`).
+# No weight decay on `rpb` tables, LayerNorms and layer-scale vectors (`nat_paramwise_cfg`).
 optim_wrapper = dict(
     _delete_=True,
     type='AmpOptimWrapper',
     loss_scale='dynamic',
-    optimizer=dict(
-        type='AdamW', lr=0.0001, betas=(0.9, 0.999), weight_decay=0.05),
-    paramwise_cfg=dict(
-        custom_keys={
-            'rpb': dict(decay_mult=0.),
-            'norm': dict(decay_mult=0.),
-            'gamma': dict(decay_mult=0.)
-        }))
+    optimizer=dict(type='AdamW', lr=0.0001, betas=(0.9, 0.999), weight_decay=0.05),
+    paramwise_cfg=_base_.nat_paramwise_cfg)

@@ -4,7 +4,10 @@
 # 16 images per batch (8 GPUs x 2). Paper: 47.1 mIoU single-scale / 48.4 multi-scale (README.md).
 # Multi-scale + flip evaluation (`tools/test.py CONFIG CKPT --tta`, ratios 0.5-1.75 with flips)
 # uses `tta_model` (mmseg default_runtime) and `tta_pipeline` (mmseg ADE20K dataset base).
-_base_ = 'mmseg::swin/swin-tiny-patch4-window7-in1k-pre_upernet_8xb2-160k_ade20k-512x512.py'
+_base_ = [
+    'mmseg::swin/swin-tiny-patch4-window7-in1k-pre_upernet_8xb2-160k_ade20k-512x512.py',
+    './_base_/nat-backbone.py',
+]
 
 custom_imports = dict(imports=['localattn'], allow_failed_imports=False)
 
@@ -16,13 +19,9 @@ pretrained = 'checkpoints/nat-tiny_in1k.pth'
 model = dict(
     backbone=dict(
         _delete_=True,
-        type='NAT',
+        **_base_.nat_backbone,  # NAT, 7x7 neighbourhoods, stages 0-3 out, nothing frozen
         arch='tiny',
-        kernel_size=7,
         drop_path_rate=0.2,
-        out_indices=(0, 1, 2, 3),
-        frozen_stages=-1,
-        with_cp=False,
         init_cfg=dict(type='Pretrained', checkpoint=pretrained)),
     decode_head=dict(
         in_channels=[64, 128, 256, 512],
@@ -38,19 +37,13 @@ model = dict(
             type='CrossEntropyLoss', use_sigmoid=False, loss_weight=0.4)))
 
 # fp16; on a machine without CUDA tools/train.py falls back to fp32 OptimWrapper.
-# No weight decay on `rpb` tables, LayerNorms and layer-scale vectors (`gamma`).
+# No weight decay on `rpb` tables, LayerNorms and layer-scale vectors (`nat_paramwise_cfg`).
 optim_wrapper = dict(
     _delete_=True,
     type='AmpOptimWrapper',
     loss_scale='dynamic',
-    optimizer=dict(
-        type='AdamW', lr=0.00006, betas=(0.9, 0.999), weight_decay=0.01),
-    paramwise_cfg=dict(
-        custom_keys={
-            'rpb': dict(decay_mult=0.),
-            'norm': dict(decay_mult=0.),
-            'gamma': dict(decay_mult=0.)
-        }))
+    optimizer=dict(type='AdamW', lr=0.00006, betas=(0.9, 0.999), weight_decay=0.01),
+    paramwise_cfg=_base_.nat_paramwise_cfg)
 
 param_scheduler = [
     dict(

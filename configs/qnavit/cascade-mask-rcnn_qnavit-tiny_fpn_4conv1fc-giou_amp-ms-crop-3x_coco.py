@@ -4,7 +4,10 @@
 # Heads and pipeline from mmdet's ConvNeXt config (mmdet 3.3 ships no Swin cascade).
 # QnA-ViT has no published COCO results: this is the NAT/DiNAT detection recipe applied as is
 # (untuned; drop path = the ImageNet value of the arch).
-_base_ = 'mmdet::convnext/cascade-mask-rcnn_convnext-t-p4-w7_fpn_4conv1fc-giou_amp-ms-crop-3x_coco.py'
+_base_ = [
+    'mmdet::convnext/cascade-mask-rcnn_convnext-t-p4-w7_fpn_4conv1fc-giou_amp-ms-crop-3x_coco.py',
+    './_base_/qnavit-backbone.py',
+]
 
 # Replaces the base's `mmpretrain.models` import (its ConvNeXt backbone is deleted below).
 custom_imports = dict(imports=['localattn'], allow_failed_imports=False)
@@ -18,14 +21,10 @@ pretrained = 'checkpoints/qnavit-tiny_in1k.pth'
 model = dict(
     backbone=dict(
         _delete_=True,
-        type='QnAViT',
+        **_base_.qnavit_backbone,  # QnAViT, stages 0-3 out, nothing frozen
         arch='tiny',
         drop_path_rate=0.05,
-        out_indices=(0, 1, 2, 3),
-        frozen_stages=-1,
-        with_cp=False,
-        init_cfg=dict(
-            type='Pretrained', checkpoint=pretrained, prefix='backbone.')),
+        init_cfg=dict(type='Pretrained', checkpoint=pretrained, prefix='backbone.')),
     neck=dict(in_channels=[64, 128, 256, 512]))
 
 max_epochs = 36
@@ -43,18 +42,10 @@ param_scheduler = [
 
 # fp16; on a machine without CUDA tools/train.py falls back to fp32 OptimWrapper.
 # No weight decay on LayerNorms, MSA relative position bias tables and the QnA parameters `rpb`,
-# `attn_scale` and `query` (the official fine-tuning setting; QnAViT.no_decay_keys).
+# `attn_scale` and `query` (`qnavit_paramwise_cfg`).
 optim_wrapper = dict(
     _delete_=True,
     type='AmpOptimWrapper',
     loss_scale='dynamic',
-    optimizer=dict(
-        type='AdamW', lr=0.0001, betas=(0.9, 0.999), weight_decay=0.05),
-    paramwise_cfg=dict(
-        custom_keys={
-            'norm': dict(decay_mult=0.),
-            'relative_position_bias_table': dict(decay_mult=0.),
-            '.rpb': dict(decay_mult=0.),
-            '.attn_scale': dict(decay_mult=0.),
-            '.query': dict(decay_mult=0.)
-        }))
+    optimizer=dict(type='AdamW', lr=0.0001, betas=(0.9, 0.999), weight_decay=0.05),
+    paramwise_cfg=_base_.qnavit_paramwise_cfg)

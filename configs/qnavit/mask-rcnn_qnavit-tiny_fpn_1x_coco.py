@@ -2,7 +2,10 @@
 # segmentation, fp32. 16 images per batch (8 GPUs x 2); AdamW lr 1e-4, wd 0.05, 500-iter warmup.
 # QnA-ViT has no published COCO results: this is the NAT/DiNAT detection recipe applied as is
 # (untuned; drop path = the ImageNet value of the arch).
-_base_ = 'mmdet::swin/mask-rcnn_swin-t-p4-w7_fpn_1x_coco.py'
+_base_ = [
+    'mmdet::swin/mask-rcnn_swin-t-p4-w7_fpn_1x_coco.py',
+    './_base_/qnavit-backbone.py',
+]
 
 custom_imports = dict(imports=['localattn'], allow_failed_imports=False)
 
@@ -15,14 +18,10 @@ pretrained = 'checkpoints/qnavit-tiny_in1k.pth'
 model = dict(
     backbone=dict(
         _delete_=True,
-        type='QnAViT',
+        **_base_.qnavit_backbone,  # QnAViT, stages 0-3 out, nothing frozen
         arch='tiny',
         drop_path_rate=0.05,
-        out_indices=(0, 1, 2, 3),
-        frozen_stages=-1,
-        with_cp=False,
-        init_cfg=dict(
-            type='Pretrained', checkpoint=pretrained, prefix='backbone.')),
+        init_cfg=dict(type='Pretrained', checkpoint=pretrained, prefix='backbone.')),
     neck=dict(in_channels=[64, 128, 256, 512]))
 
 max_epochs = 12
@@ -39,17 +38,9 @@ param_scheduler = [
 ]
 
 # No weight decay on LayerNorms, MSA relative position bias tables and the QnA parameters `rpb`,
-# `attn_scale` and `query` (the official fine-tuning setting; QnAViT.no_decay_keys).
+# `attn_scale` and `query` (`qnavit_paramwise_cfg`).
 optim_wrapper = dict(
     _delete_=True,
     type='OptimWrapper',
-    optimizer=dict(
-        type='AdamW', lr=0.0001, betas=(0.9, 0.999), weight_decay=0.05),
-    paramwise_cfg=dict(
-        custom_keys={
-            'norm': dict(decay_mult=0.),
-            'relative_position_bias_table': dict(decay_mult=0.),
-            '.rpb': dict(decay_mult=0.),
-            '.attn_scale': dict(decay_mult=0.),
-            '.query': dict(decay_mult=0.)
-        }))
+    optimizer=dict(type='AdamW', lr=0.0001, betas=(0.9, 0.999), weight_decay=0.05),
+    paramwise_cfg=_base_.qnavit_paramwise_cfg)

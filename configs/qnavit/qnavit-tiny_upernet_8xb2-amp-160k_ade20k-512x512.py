@@ -5,7 +5,10 @@
 # 1500-iter linear warmup then poly decay, 16 images per batch (8 GPUs x 2).
 # Multi-scale + flip evaluation (`tools/test.py CONFIG CKPT --tta`, ratios 0.5-1.75 with flips)
 # uses `tta_model` (mmseg default_runtime) and `tta_pipeline` (mmseg ADE20K dataset base).
-_base_ = 'mmseg::swin/swin-tiny-patch4-window7-in1k-pre_upernet_8xb2-160k_ade20k-512x512.py'
+_base_ = [
+    'mmseg::swin/swin-tiny-patch4-window7-in1k-pre_upernet_8xb2-160k_ade20k-512x512.py',
+    './_base_/qnavit-backbone.py',
+]
 
 custom_imports = dict(imports=['localattn'], allow_failed_imports=False)
 
@@ -18,14 +21,10 @@ pretrained = 'checkpoints/qnavit-tiny_in1k.pth'
 model = dict(
     backbone=dict(
         _delete_=True,
-        type='QnAViT',
+        **_base_.qnavit_backbone,  # QnAViT, stages 0-3 out, nothing frozen
         arch='tiny',
         drop_path_rate=0.05,
-        out_indices=(0, 1, 2, 3),
-        frozen_stages=-1,
-        with_cp=False,
-        init_cfg=dict(
-            type='Pretrained', checkpoint=pretrained, prefix='backbone.')),
+        init_cfg=dict(type='Pretrained', checkpoint=pretrained, prefix='backbone.')),
     decode_head=dict(
         in_channels=[64, 128, 256, 512],
         in_index=[0, 1, 2, 3],
@@ -41,21 +40,13 @@ model = dict(
 
 # fp16; on a machine without CUDA tools/train.py falls back to fp32 OptimWrapper.
 # No weight decay on LayerNorms, MSA relative position bias tables and the QnA parameters `rpb`,
-# `attn_scale` and `query` (the official fine-tuning setting; QnAViT.no_decay_keys).
+# `attn_scale` and `query` (`qnavit_paramwise_cfg`).
 optim_wrapper = dict(
     _delete_=True,
     type='AmpOptimWrapper',
     loss_scale='dynamic',
-    optimizer=dict(
-        type='AdamW', lr=0.00006, betas=(0.9, 0.999), weight_decay=0.01),
-    paramwise_cfg=dict(
-        custom_keys={
-            'norm': dict(decay_mult=0.),
-            'relative_position_bias_table': dict(decay_mult=0.),
-            '.rpb': dict(decay_mult=0.),
-            '.attn_scale': dict(decay_mult=0.),
-            '.query': dict(decay_mult=0.)
-        }))
+    optimizer=dict(type='AdamW', lr=0.00006, betas=(0.9, 0.999), weight_decay=0.01),
+    paramwise_cfg=_base_.qnavit_paramwise_cfg)
 
 param_scheduler = [
     dict(
