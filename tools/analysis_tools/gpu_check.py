@@ -193,7 +193,7 @@ def check_backend(rep: Report, torch, na, device: str, backend: str, cases, sect
 # backbones
 def build_backbones(quick: bool):
     """``{name: (factory, uses_na)}``; raises ImportError when mmengine/mmcv are missing."""
-    from localattn.backbones import DiNAT, NAT, QnAViT
+    from localattn.backbones import NAT, DiNAT, QnAViT
 
     def nat_arch():
         if not quick:
@@ -428,6 +428,7 @@ def main(argv=None) -> int:
         os.environ['TRITON_INTERPRET'] = '1'  # before anything imports triton
     sys.path.insert(0, str(ROOT / 'projects'))
     import torch
+
     from localattn.ops import na
     if args.device == 'cuda' and not torch.cuda.is_available():
         print('no CUDA device: use --device cpu', file=sys.stderr)

@@ -61,7 +61,7 @@ def _dot(a, b, IEEE: tl.constexpr, UPCAST: tl.constexpr):
 
 
 @triton.jit(do_not_specialize=_SIZES)
-def na2d_fwd_kernel(Q, K, V, O, LSE, RPB,
+def na2d_fwd_kernel(Q, K, V, Out, LSE, RPB,
                     sqb, sqy, sqx, sqh, skb, sky, skx, skh, svb, svy, svx, svh, sob, soy, sox, soh,
                     heads, Ly, Lx, kyk, kxk, dy, dx, Vy, Vx, tiles_y, tiles_x, scale2,
                     D: tl.constexpr, BD: tl.constexpr, TQH: tl.constexpr, TQW: tl.constexpr,
@@ -95,7 +95,7 @@ def na2d_fwd_kernel(Q, K, V, O, LSE, RPB,
         rx_n = 2 * kxk - 1
         rpb_h = RPB + h * (2 * kyk - 1) * rx_n
         m = tl.full([BQ], float('-inf'), tl.float32)
-        l = tl.zeros([BQ], tl.float32)
+        denom = tl.zeros([BQ], tl.float32)
         acc = tl.zeros([BQ, BD], tl.float32)
         for r in range(r_lo, r_hi):
             yk = gy + dy * r
@@ -117,18 +117,18 @@ def na2d_fwd_kernel(Q, K, V, O, LSE, RPB,
                 m_use = tl.where(m_new == float('-inf'), 0., m_new)
                 p = tl.exp2(s - m_use[:, None])
                 alpha = tl.exp2(m - m_use)
-                l = l * alpha + tl.sum(p, 1)
+                denom = denom * alpha + tl.sum(p, 1)
                 v = tl.load(V + b * svb + h * svh + yk * svy + (xk * svx)[:, None] + d[None, :],
                             mask=k_ok[:, None] & d_ok[None, :], other=0.)
                 acc = acc * alpha[:, None] + _dot(p.to(v.dtype), v, IEEE, UPCAST)
                 m = m_new
-        has = l > 0
-        out = acc / tl.where(has, l, 1.)[:, None]
+        has = denom > 0
+        out = acc / tl.where(has, denom, 1.)[:, None]
         gq_y = gy + dy * qy
         gq_x = gx + dx * qx
-        tl.store(O + b * sob + h * soh + (gq_y * soy + gq_x * sox)[:, None] + d[None, :],
-                 out.to(O.dtype.element_ty), mask=q_ok[:, None] & d_ok[None, :])
-        lse = tl.where(has, m + tl.log2(tl.where(has, l, 1.)), float('inf'))
+        tl.store(Out + b * sob + h * soh + (gq_y * soy + gq_x * sox)[:, None] + d[None, :],
+                 out.to(Out.dtype.element_ty), mask=q_ok[:, None] & d_ok[None, :])
+        lse = tl.where(has, m + tl.log2(tl.where(has, denom, 1.)), float('inf'))
         tl.store(LSE + bh.to(tl.int64) * Ly * Lx + gq_y * Lx + gq_x, lse, mask=q_ok)
 
 
