@@ -133,7 +133,7 @@ def na2d_fwd_kernel(Q, K, V, Out, LSE, RPB,
 
 
 @triton.jit(do_not_specialize=_SIZES)
-def na2d_bwd_dq_kernel(Q, K, V, DO, LSE, DELTA, RPB, DQ, DRPB,
+def na2d_bwd_dq_kernel(Q, K, V, Out, DO, LSE, DELTA, RPB, DQ, DRPB,
                        sqb, sqy, sqx, sqh, skb, sky, skx, skh, svb, svy, svx, svh, sdb, sdy, sdx, sdh,
                        heads, Ly, Lx, kyk, kxk, dy, dx, Vy, Vx, tiles_y, tiles_x, scale2, scale,
                        D: tl.constexpr, BD: tl.constexpr, TQH: tl.constexpr, TQW: tl.constexpr,
@@ -141,8 +141,9 @@ def na2d_bwd_dq_kernel(Q, K, V, DO, LSE, DELTA, RPB, DQ, DRPB,
                     UPCAST: tl.constexpr):
     """dq (and the RPB gradient): the forward's tiling, probabilities recomputed from the saved lse.
 
-    ``DQ`` is contiguous ``[B, Y, X, heads, D]``; ``DRPB`` is ``[tiles, B * heads, 2ky-1, 2kx-1]``
-    fp32, one slot per program.
+    Also computes and stores ``DELTA = rowsum(dO * O)`` of its queries for the dk/dv kernel, which
+    runs after it. ``Out`` (the forward output) and ``DQ`` are contiguous ``[B, Y, X, heads, D]``;
+    ``DRPB`` is ``[tiles, B * heads, 2ky-1, 2kx-1]`` fp32, one slot per program.
     """
     pid = tl.program_id(0)
     gy, gx, ty, tx = _decode_tile(pid, tiles_y, tiles_x, dx)
@@ -170,7 +171,10 @@ def na2d_bwd_dq_kernel(Q, K, V, DO, LSE, DELTA, RPB, DQ, DRPB,
         do = tl.load(DO + b * sdb + h * sdh + (gq_y * sdy + gq_x * sdx)[:, None] + d[None, :], mask=qmask, other=0.)
         stat = bh.to(tl.int64) * Ly * Lx + gq_y * Lx + gq_x
         lse = tl.load(LSE + stat, mask=q_ok, other=float('inf'))
-        delta = tl.load(DELTA + stat, mask=q_ok, other=0.)
+        dense = ((((b * Ly + gq_y) * Lx + gq_x) * heads + h) * D)[:, None] + d[None, :]  # contiguous layout
+        o = tl.load(Out + dense, mask=qmask, other=0.)
+        delta = tl.sum(do.to(tl.float32) * o.to(tl.float32), 1)
+        tl.store(DELTA + stat, delta, mask=q_ok)
         r_lo = _window_start(y0, lgy, kyk)
         r_hi = _window_start(tl.minimum(y0 + TQH, lgy) - 1, lgy, kyk) + kyk
         c_lo = _window_start(x0, lgx, kxk)
@@ -211,8 +215,7 @@ def na2d_bwd_dq_kernel(Q, K, V, DO, LSE, DELTA, RPB, DQ, DRPB,
                     ry = r - (y0 + tl.arange(0, TQH)) + kyk - 1  # relative row of each query row
                     hit = (ry[:, None] == rel_y[None, :]).to(tl.float32)  # [TQH, RPY]
                     drpb += tl.sum(hit[:, :, None] * by_row[:, None, :], 0)
-        tl.store(DQ + ((((b * Ly + gq_y) * Lx + gq_x) * heads + h) * D)[:, None] + d[None, :],
-                 (dq * scale).to(DQ.dtype.element_ty), mask=qmask)
+        tl.store(DQ + dense, (dq * scale).to(DQ.dtype.element_ty), mask=qmask)
         if HAS_RPB:
             slot = DRPB + (pid.to(tl.int64) * tl.num_programs(1) + bh) * ry_n * rx_n
             tl.store(slot + rel_y[:, None] * rx_n + rel[None, :], drpb,

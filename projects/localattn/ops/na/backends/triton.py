@@ -173,7 +173,7 @@ class _NATriton(torch.autograd.Function):
         if do.dtype != q.dtype:
             do = do.to(q.dtype)
         b, heads, dim = q.shape[0], q.shape[-2], q.shape[-1]
-        delta = (do.float() * out.float()).sum(-1).permute(0, 3, 1, 2).contiguous()  # [B, heads, Y, X]
+        delta = torch.empty_like(lse)  # rowsum(dO * O), written by the dq kernel for the dk/dv kernel
         dq = torch.empty(q.shape, dtype=q.dtype, device=q.device)
         dk = torch.empty(q.shape, dtype=q.dtype, device=q.device)
         dv = torch.empty(q.shape, dtype=q.dtype, device=q.device)
@@ -188,7 +188,7 @@ class _NATriton(torch.autograd.Function):
         kern = _kernels()
         with torch.cuda.device(q.device) if q.is_cuda else contextlib.nullcontext():
             kern.na2d_bwd_dq_kernel[(tiles_q, b * heads)](
-                q, k, v, do, lse, delta, bias, dq, part, *strides, *sizes_q,
+                q, k, v, out, do, lse, delta, bias, dq, part, *strides, *sizes_q,
                 ctx.scale * LOG2E, ctx.scale, TQH=t.tqh, TQW=t.tqw, KW=t.kw, RPY=t.rpy, **common)
             kern.na2d_bwd_dkdv_kernel[(tiles_k, b * heads)](
                 q, k, v, do, lse, delta, bias, dk, dv, *strides, *sizes_k,
