@@ -1,4 +1,4 @@
-"""FLOPs / params helper: NA counted analytically on top of mmengine's FlopAnalyzer."""
+"""FLOPs / params helper: attention layers counted analytically (by type) on mmengine's FlopAnalyzer."""
 import types
 
 import pytest
@@ -6,10 +6,14 @@ import torch
 import torch.nn as nn
 
 import localattn  # noqa: F401
-from localattn.analysis import (analytic_flop_counting, count_flops_params, na_macs,
-                                register_function_counter, unregister_function_counter)
-from localattn.backbones import DiNAT, NAT
-from localattn.layers import neighborhood_attention as na_layer_module
+from localattn.analysis import (
+    AttentionFlopAnalyzer,
+    count_flops_params,
+    register_module_counter,
+    unregister_module_counter,
+)
+from localattn.backbones import NAT, DiNAT
+from localattn.layers import NeighborhoodAttention2d
 
 TINY = dict(embed_dims=16, depths=(1, 2, 1, 1), num_heads=(1, 1, 2, 2), mlp_ratio=2.)
 
@@ -60,36 +64,51 @@ def test_dinat_counts_like_nat():
     assert nat['flops'] == dinat['flops'] and nat['params'] == dinat['params']
 
 
+def without_attention_core(model):
+    """``model`` with every NA layer's core replaced by ``v`` (its qkv and proj linears still run),
+    by instance attributes of this test's model only."""
+    for layer in model.modules():
+        if isinstance(layer, NeighborhoodAttention2d):
+            def forward(self, x):
+                return self.proj(self.qkv(x)[..., 2 * x.shape[-1]:])
+            layer.forward = types.MethodType(forward, layer)
+    return model
+
+
 @pytest.mark.parametrize('size', [(64, 96), (223, 150)])
 def test_na_counted_exactly_and_internals_excluded(size):
     model = DiNAT(arch=TINY, dilations='coco')   # short axes: whole dilation groups, padded maps
     result = count_flops_params(model, (3, *size))
     na = result['flops_by_operator']['neighborhood_attention']
     assert na == analytic_na(TINY['depths'], 16, 7, *size, dilations=model.dilations)
-    # everything but the attention core: trace with the core replaced by a zero-cost stand-in
+    # everything but the attention core: a plain trace of the model without it
     from mmengine.analysis import FlopAnalyzer
-    original = na_layer_module.na2d
-    na_layer_module.na2d = lambda q, k, v, *args, **kwargs: torch.zeros_like(q)
-    try:
-        with torch.no_grad():
-            rest = FlopAnalyzer(model.eval(), (torch.randn(1, 3, *size), ))
-            rest.unsupported_ops_warnings(False).uncalled_modules_warnings(False)
-            rest_total = rest.total()
-    finally:
-        na_layer_module.na2d = original
-    assert result['flops'] == rest_total + na
+    with torch.no_grad():
+        rest = FlopAnalyzer(without_attention_core(model).eval(), (torch.randn(1, 3, *size), ))
+        rest.unsupported_ops_warnings(False).uncalled_modules_warnings(False)
+        assert result['flops'] == rest.total() + na
+    # the per-module rows add up: a block's NA row is its qkv + proj + the analytic count
+    block = 'levels.0.blocks.0.attn'
+    analyzer = AttentionFlopAnalyzer(DiNAT(arch=TINY, dilations='coco').eval(), (torch.randn(1, 3, *size), ))
+    analyzer.unsupported_ops_warnings(False).uncalled_modules_warnings(False)
+    with torch.no_grad():
+        by_module = analyzer.by_module()
+    assert by_module[block] == by_module[block + '.qkv'] + by_module[block + '.proj'] + \
+        analyzer.by_operator(block)['neighborhood_attention']
+    assert analyzer.calls['neighborhood_attention'] == sum(TINY['depths'])
+    assert not any('na_' in op or 'PythonOp' in op for op in analyzer.unsupported_ops())
 
 
-def test_counting_restores_and_keeps_numerics():
+def test_counting_patches_nothing_and_keeps_numerics():
     model = NAT(arch=TINY).eval()
     x = torch.randn(1, 3, 64, 64)
     with torch.no_grad():
         expected = model(x)
-        with analytic_flop_counting() as calls:
-            assert na_layer_module.na2d is not localattn.ops.na.na2d
-            got = model(x)
-        assert calls['neighborhood_attention'] == sum(TINY['depths'])
-    assert na_layer_module.na2d is localattn.ops.na.na2d
+    count_flops_params(model, (3, 64, 64))
+    assert all(not m._forward_hooks for m in model.modules())  # the counting hooks are gone
+    assert {m.backend for m in model.modules() if isinstance(m, NeighborhoodAttention2d)} == {'auto'}
+    with torch.no_grad():
+        got = model(x)
     for a, b in zip(expected, got):
         torch.testing.assert_close(a, b, rtol=0, atol=0)
     assert model.training is False
@@ -98,36 +117,43 @@ def test_counting_restores_and_keeps_numerics():
     assert model.training is True
 
 
-def test_mmengine_get_model_complexity_info_inside_context():
-    from mmengine.analysis import get_model_complexity_info
-    model = NAT(arch=TINY, out_indices=(3, ))
-    ours = count_flops_params(model, (3, 96, 96))
-    with torch.no_grad(), analytic_flop_counting():
-        info = get_model_complexity_info(model, input_shape=(3, 96, 96), show_table=False,
-                                         show_arch=False)
-    assert info['flops'] == ours['flops'] and info['params'] == ours['params']
+def test_mmengine_table_shows_the_analytic_counts():
+    from mmengine.analysis.print_helper import complexity_stats_table
+    model = NAT(arch=TINY, out_indices=(3, )).eval()
+    analyzer = AttentionFlopAnalyzer(model, (torch.randn(1, 3, 96, 96), ))
+    analyzer.unsupported_ops_warnings(False).uncalled_modules_warnings(False)
+    with torch.no_grad():
+        total = analyzer.total()
+    assert total == count_flops_params(model, (3, 96, 96))['flops']
+    assert total == sum(analyzer.by_operator().values()) == analyzer.by_module()['']
+    assert analyzer.total('levels') == sum(analyzer.total(f'levels.{i}') for i in range(4))
+    assert 'levels.0' in complexity_stats_table(analyzer, max_depth=2)
 
 
-def test_register_other_attention_ops():
-    ops = types.SimpleNamespace(attend=lambda x, k: x.softmax(-1))
+def test_register_other_attention_layers():
+    class Attend(nn.Module):
+        def forward(self, x):
+            return (x @ x.transpose(-1, -2)).softmax(-1) @ x   # traced: 2 * 4 * 4 * 8 MACs
 
     class Toy(nn.Module):
         def __init__(self):
             super().__init__()
             self.fc = nn.Linear(8, 8)
+            self.attend = Attend()
 
         def forward(self, x):
-            return ops.attend(self.fc(x), k=3)
+            return self.attend(self.fc(x))
 
-    register_function_counter(ops, 'attend', lambda x, k: 100 * k, 'toy_attention')
+    plain = count_flops_params(Toy(), (4, 8))
+    assert plain['flops'] == 4 * 8 * 8 + 2 * 4 * 4 * 8
+    register_module_counter(Attend, lambda module, inputs, output: 100 * inputs[0].shape[-2], 'toy_attention')
     try:
         result = count_flops_params(Toy(), (4, 8))
     finally:
-        unregister_function_counter(ops, 'attend')
-    assert result['flops_by_operator']['toy_attention'] == 300
-    assert result['flops'] == 300 + 4 * 8 * 8
-    assert na_macs(torch.zeros(2, 5, 6, 3, 4), kernel_size=(3, 5), valid_size=(4, 6)) == \
-        2 * 2 * 4 * 6 * 3 * 4 * 15
+        unregister_module_counter(Attend)
+    assert result['flops_by_operator'] == {'linear': 4 * 8 * 8, 'toy_attention': 400}
+    assert result['flops'] == 400 + 4 * 8 * 8
+    assert count_flops_params(Toy(), (4, 8))['flops'] == plain['flops']
 
 
 def test_get_flops_tool(tmp_path, capsys):

@@ -7,9 +7,10 @@ import torch.nn as nn
 import torch.nn.functional as F
 
 import localattn  # noqa: F401  registers the backbones, installs the safe checkpoint loader
-from localattn.backbones import DiNAT, NAT
+from localattn.backbones import NAT, DiNAT
 from localattn.backbones.nat import DINAT_DILATIONS, NAT_ARCHS
-from localattn.converters.nat import infer_arch, load_nat_checkpoint, resize_rpb
+from localattn.checkpoint import resize_rpb
+from localattn.converters.nat import infer_arch, load_nat_checkpoint
 
 # Tiny architectures keep every test fast on 2 CPU cores.
 TINY = dict(embed_dims=16, depths=(1, 1, 1, 1), num_heads=(1, 1, 2, 2), mlp_ratio=2.)
@@ -275,12 +276,12 @@ def test_official_checkpoint_loads_through_init_cfg(tmp_path, wrap, cls):
         target = 'norm3' + key[len('norm'):] if key.startswith('norm.') else key
         torch.testing.assert_close(loaded[target], value, rtol=0, atol=0, msg=key)
     report = load_nat_checkpoint(cls(arch=TINY_LS), str(path))
-    assert report.missing == [] and report.unexpected == [] and report.shape_mismatch == []
-    assert report.new_output_norms == ['norm0', 'norm1', 'norm2']
+    assert report.missing == [] and report.unexpected == [] and report.skipped == []
+    assert report.new == ['norm0', 'norm1', 'norm2']
     assert report.renamed == {'norm.weight': 'norm3.weight', 'norm.bias': 'norm3.bias'}
     assert sorted(report.ignored) == ['head.bias', 'head.weight']
     report = load_nat_checkpoint(cls(arch=TINY_LS, out_indices=(3, )), str(path))
-    assert report.clean and report.new_output_norms == []
+    assert report.clean and report.new == []
     report = load_nat_checkpoint(cls(arch=TINY_LS, out_indices=(0, 1)), str(path))
     assert report.clean and 'norm.weight' in report.ignored
 
@@ -292,7 +293,7 @@ def test_rpb_resized_when_kernel_differs(tmp_path):
     model = NAT(arch=TINY, kernel_size=5, init_cfg=dict(type='Pretrained', checkpoint=str(path)))
     model.init_weights()
     report = load_nat_checkpoint(NAT(arch=TINY, kernel_size=5), str(path))
-    assert report.missing == [] and report.unexpected == [] and report.shape_mismatch == []
+    assert report.missing == [] and report.unexpected == [] and report.skipped == []
     assert len(report.resized) == 4
     key = 'levels.2.blocks.0.attn.rpb'
     table = model.state_dict()[key]
@@ -306,6 +307,7 @@ def test_rpb_resized_when_kernel_differs(tmp_path):
 
 def test_converter_tool_and_mmpretrain_logits(tmp_path):
     import importlib.util
+
     from mmengine.runner import load_checkpoint
     spec = importlib.util.spec_from_file_location(
         'nat_to_mmpretrain', str(__import__('pathlib').Path(__file__).parents[1]

@@ -14,10 +14,10 @@ import torch.nn as nn
 
 import localattn  # noqa: F401  (registers QnAViT)
 from localattn.backbones import QnAViT
-from localattn.backbones.qnavit import (ARCH_SETTINGS, NO_DECAY_KEYS, WindowSelfAttention,
-                                        window_merge, window_partition)
+from localattn.backbones.qnavit import ARCH_SETTINGS, NO_DECAY_KEYS
 from localattn.converters.qnavit_flax import convert_qnavit_flax, infer_qnavit_arch
-from localattn.layers import QnA2d
+from localattn.layers import QnA2d, WindowSelfAttention
+from localattn.layers.window_attention import window_merge, window_partition
 
 ROOT = osp.dirname(osp.dirname(osp.abspath(__file__)))
 TOOL = osp.join(ROOT, 'tools', 'model_converters', 'qnavit_flax_to_mmpretrain.py')
@@ -241,7 +241,7 @@ def _classifier(arch, num_classes):
 @pytest.mark.parametrize('name', sorted(ARCH_SETTINGS))
 def test_param_count_matches_official_tree(name):
     model = QnAViT(arch=name, out_indices=(3, ))
-    dims = model.embed_dims[-1]
+    dims = model.num_features[-1]
     ours = sum(p.numel() for p in model.parameters()) + dims * 1000 + 1000
     official = sum(int(np.prod(s)) for s in flax_shapes(ARCH_SETTINGS[name], 1000).values())
     assert ours == official
@@ -290,7 +290,7 @@ def test_output_shapes(hw):
 
 def test_out_indices_and_released_arch_small_input():
     model = QnAViT(arch='tiny', out_indices=(-1, 1)).eval()
-    assert model.out_indices == (1, 3) and model.num_features == [128, 512]
+    assert model.out_indices == (1, 3) and model.num_features == [64, 128, 256, 512]
     assert not hasattr(model, 'norm0') and hasattr(model, 'norm3')
     with torch.no_grad():
         outs = model(torch.randn(1, 3, 64, 48))
@@ -428,7 +428,8 @@ def test_pretrained_round_trip(tmp_path, wrap):
     for name, value in source.state_dict().items():
         torch.testing.assert_close(target.state_dict()[name], value, msg=name)
     report = target.load_pretrained(path)
-    assert report == dict(missing=[], unexpected=[], resized=[], skipped=[])
+    assert report.clean and report.resized == [] and len(report.loaded) == len(state) - (wrap == 'backbone')
+    assert report.ignored == (['head.fc.weight'] if wrap == 'backbone' else [])
 
 
 def test_pretrained_resize_and_report(tmp_path):
@@ -440,11 +441,11 @@ def test_pretrained_resize_and_report(tmp_path):
     state[qna_key] = torch.zeros(2, 2, 5, 5)  # kernel mismatch: skipped, reported
     target = QnAViT(arch=dict(TINY, window_sizes=(3, 4, 2, 1)))
     report = target.load_pretrained({'state_dict': state})
-    assert report['resized'] == ['stages.0.msa_blocks.0.attn.relative_position_bias_table']
+    assert report.resized == ['stages.0.msa_blocks.0.attn.relative_position_bias_table: (49, 2) -> (25, 2)']
     assert target.stages[0].msa_blocks[0].attn.relative_position_bias_table.shape == (25, 2)
-    assert report['unexpected'] == ['extra.weight']
-    assert set(report['missing']) == {'norm3.weight', qna_key}
-    assert len(report['skipped']) == 1 and report['skipped'][0].startswith(qna_key)
+    assert report.unexpected == ['extra.weight']
+    assert set(report.missing) == {'norm3.weight', qna_key}
+    assert report.skipped == [f'{qna_key}: checkpoint (2, 2, 5, 5) vs model (2, 2, 3, 3)']
 
 
 # ------------------------------------------------------------------------------------------
@@ -496,7 +497,7 @@ def test_converter_checks_arch_and_leftovers():
     tree = synthetic_tree(TINY, num_classes=3)
     assert infer_qnavit_arch(tree)['embed_dims'] == 8
     with pytest.raises(ValueError, match='does not match arch'):
-        convert_qnavit_flax(tree, arch='tiny')
+        convert_qnavit_flax(tree, arch=QnAViT.resolve_arch('tiny'))
     tree['QnAStage_0']['QnA_Block_1']['extra'] = {'kernel': np.zeros(3, np.float32)}
     with pytest.raises(ValueError, match='not converted'):
         convert_qnavit_flax(tree)
@@ -505,7 +506,7 @@ def test_converter_checks_arch_and_leftovers():
 def test_converter_released_tiny_layout_matches_arch():
     shapes = flax_shapes(ARCH_SETTINGS['tiny'], 1000)
     tree = {name: np.zeros(shape, np.float32) for name, shape in shapes.items()}
-    state, arch = convert_qnavit_flax(tree, arch='tiny')
+    state, arch = convert_qnavit_flax(tree, arch=QnAViT.resolve_arch('tiny'))
     model = _classifier(ARCH_SETTINGS['tiny'], 1000)
     own = model.state_dict()
     assert set(state) == set(own)

@@ -1,27 +1,50 @@
-"""Safe checkpoint loading for torch >= 2.6 without turning ``weights_only`` off.
+"""Checkpoints: safe reading, unwrapping, relative-position table resizing and loading with a report.
 
-mmengine 0.10 calls ``torch.load`` without ``weights_only``; on torch >= 2.6 that means
-``weights_only=True`` and every checkpoint the Runner saves fails to load, because it pickles
-mmengine ``HistoryBuffer`` objects and numpy arrays/scalars in its ``message_hub``. The usual
-work-around (``weights_only=False``) lets a checkpoint run arbitrary code. Instead, importing
-``localattn`` calls :func:`install`, which
+Every loader of this project goes through this module (torch only; mmengine is imported lazily, for
+the Runner allow-list and for URLs):
 
-1. allow-lists exactly the types that Runner checkpoints contain (:data:`SAFE_GLOBALS`), and
-2. replaces mmengine's local-file checkpoint loader with :func:`load_local_checkpoint`, which
-   loads with ``weights_only=True`` and turns a refused checkpoint into an
-   :class:`UnsafeCheckpointError` that says what was refused and how to load the file if trusted.
-
-``--resume``, ``load_from``, ``tools/test.py CONFIG CHECKPOINT`` and
-``init_cfg=dict(type='Pretrained', checkpoint=...)`` all go through that loader.
+* **Reading** (:func:`read_checkpoint`, :func:`load_local_checkpoint`). mmengine 0.10 calls
+  ``torch.load`` without ``weights_only``; on torch >= 2.6 that means ``weights_only=True`` and every
+  checkpoint the Runner saves fails to load, because it pickles mmengine ``HistoryBuffer`` objects and
+  numpy arrays/scalars in its ``message_hub``. The usual work-around (``weights_only=False``) lets a
+  checkpoint run arbitrary code. Instead, importing ``localattn`` calls :func:`install`, which
+  allow-lists exactly the types that Runner checkpoints contain (:func:`safe_globals`) and replaces
+  mmengine's local-file loader with :func:`load_local_checkpoint` (``weights_only=True``; a refused
+  file raises :class:`UnsafeCheckpointError`, which says what was refused and how to load the file if
+  trusted). ``--resume``, ``load_from``, ``tools/test.py CONFIG CHECKPOINT`` and
+  ``init_cfg=dict(type='Pretrained', checkpoint=...)`` all go through that loader.
+* **Unwrapping** (:func:`unwrap_state_dict`): ``{'state_dict' | 'model' | 'model_ema' | 'module': ...}``
+  wrappers (nested too), a leading ``module.`` (DDP), and the ``backbone.`` part of a detector /
+  segmentor / classifier checkpoint (or any explicit ``prefix``).
+* **Resizing** relative-position tables when the window differs: :func:`resize_rpb` for NA tables
+  ``[heads, 2k-1, 2k-1]`` (e.g. kernel 7 -> 11), :func:`resize_bias_table` for Swin-style tables
+  ``[(2w-1)^2, heads]`` (QnA-ViT's window self-attention).
+* **Loading** (:func:`load_weights`) into any module: unwrap, an optional family-specific ``adapt``
+  step (renames, dropped keys, e.g. :func:`localattn.converters.nat.official_to_backbone`), resize
+  tables, skip other shape mismatches, and return a :class:`LoadReport` (loaded / missing /
+  unexpected / skipped with both shapes / resized / renamed / ignored).
 """
+from __future__ import annotations
+
 import os.path as osp
 import pickle
-from typing import Any, Callable, List, Optional
+from collections import OrderedDict
+from dataclasses import dataclass, field
+from typing import Any, Callable, Dict, List, Mapping, Optional, Sequence, Tuple, Union
 
 import numpy as np
 import torch
+import torch.nn.functional as F
+from torch import Tensor, nn
+
+__all__ = ['UnsafeCheckpointError', 'safe_globals', 'load_local_checkpoint', 'install',
+           'read_checkpoint', 'unwrap_state_dict', 'resize_rpb', 'resize_bias_table',
+           'RELATIVE_TABLES', 'LoadReport', 'load_weights']
 
 
+# ------------------------------------------------------------------------------------------------
+# Reading files
+# ------------------------------------------------------------------------------------------------
 class UnsafeCheckpointError(pickle.UnpicklingError):
     """A checkpoint holds pickled objects outside the allow-list and was not loaded."""
 
@@ -125,3 +148,256 @@ def install() -> None:
     torch.serialization.add_safe_globals(safe_globals())
     from mmengine.runner.checkpoint import CheckpointLoader
     CheckpointLoader.register_scheme(prefixes='', loader=load_local_checkpoint, force=True)
+
+
+def read_checkpoint(checkpoint: Union[str, Mapping[str, Any]], map_location: Any = 'cpu') -> Any:
+    """A loaded checkpoint: a mapping is returned as is, a local path is read with
+    :func:`load_local_checkpoint`, a URL (``scheme://...``) with mmengine's ``CheckpointLoader``."""
+    if not isinstance(checkpoint, str):
+        return checkpoint
+    if '://' not in checkpoint:
+        return load_local_checkpoint(checkpoint, map_location=map_location)
+    try:
+        from mmengine.runner.checkpoint import CheckpointLoader
+    except ImportError as exc:
+        raise ValueError(f'reading {checkpoint!r} needs mmengine (only local paths work without '
+                         'it)') from exc
+    return CheckpointLoader.load_checkpoint(checkpoint, map_location=map_location)
+
+
+# ------------------------------------------------------------------------------------------------
+# Unwrapping
+# ------------------------------------------------------------------------------------------------
+#: Keys under which training frameworks nest the weights, tried in this order.
+WRAPPER_KEYS = ('state_dict', 'model', 'model_ema', 'module')
+
+
+def _innermost(checkpoint: Mapping[str, Any]) -> Mapping[str, Any]:
+    """The innermost ``state_dict``/``model``/... mapping, keys unchanged."""
+    sd: Any = checkpoint
+    while isinstance(sd, Mapping):
+        inner = next((sd[k] for k in WRAPPER_KEYS if isinstance(sd.get(k), Mapping)), None)
+        if inner is None or any(isinstance(v, Tensor) for v in sd.values()):
+            break
+        sd = inner
+    if not isinstance(sd, Mapping):
+        raise ValueError(f'checkpoint is not a state dict (got {type(sd).__name__})')
+    return sd
+
+
+def _strip(key: str, prefix: str) -> str:
+    while key.startswith(prefix):
+        key = key[len(prefix):]
+    return key
+
+
+def _select(checkpoint: Mapping[str, Any], prefix: Optional[str]
+            ) -> Tuple['OrderedDict[str, Tensor]', List[str]]:
+    """``(tensors under the prefix, keys left out)``; see :func:`unwrap_state_dict`."""
+    innermost = _innermost(checkpoint)
+    tensors = OrderedDict((_strip(k, 'module.'), v) for k, v in innermost.items()
+                          if isinstance(v, Tensor))
+    if not tensors:
+        raise ValueError(f'checkpoint holds no tensors (keys: {list(innermost)[:10]})')
+    if prefix is None:
+        if not any(k.startswith('backbone.') for k in tensors):
+            return tensors, []
+        prefix = 'backbone.'
+    elif prefix == '':
+        return tensors, []
+    elif not prefix.endswith('.'):
+        prefix += '.'
+    selected = OrderedDict((_strip(k[len(prefix):], 'module.'), v) for k, v in tensors.items()
+                           if k.startswith(prefix))
+    if not selected:
+        raise ValueError(f'no key of the checkpoint starts with prefix {prefix!r} (first keys: '
+                         f'{list(tensors)[:5]})')
+    return selected, [k for k in tensors if not k.startswith(prefix)]
+
+
+def unwrap_state_dict(checkpoint: Mapping[str, Any], prefix: Optional[str] = None
+                      ) -> 'OrderedDict[str, Tensor]':
+    """The flat ``{name: tensor}`` of a checkpoint.
+
+    Unwraps ``{'state_dict': ...}`` / ``{'model': ...}`` (nested too), drops non-tensor entries and
+    leading ``module.`` prefixes, then keeps the keys under ``prefix`` (with the prefix removed;
+    ``'backbone'`` and ``'backbone.'`` are the same; ``''`` keeps every key). With ``prefix=None``
+    a checkpoint holding ``backbone.*`` keys (a detector, segmentor or classifier) gives its
+    backbone part, any other checkpoint all its keys.
+
+    Raises:
+        ValueError: not a state dict, no tensor, or no key under ``prefix``.
+    """
+    return _select(checkpoint, prefix)[0]
+
+
+# ------------------------------------------------------------------------------------------------
+# Relative-position tables
+# ------------------------------------------------------------------------------------------------
+#: Names (last component) of the relative-position tables :func:`load_weights` resizes.
+RELATIVE_TABLES = ('rpb', 'relative_position_bias_table')
+
+
+def _pair(value: Union[int, Sequence[int]]) -> Tuple[int, int]:
+    return (value, value) if isinstance(value, int) else tuple(value)
+
+
+def _interpolate(grid: Tensor, size: Tuple[int, int], mode: str) -> Tensor:
+    """Resize ``[C, H, W]`` to ``[C, *size]`` (float32 arithmetic, dtype kept)."""
+    if tuple(grid.shape[-2:]) == tuple(size):
+        return grid
+    resized = F.interpolate(grid.float()[None], size=size, mode=mode, align_corners=False)[0]
+    return resized.to(grid.dtype)
+
+
+def resize_rpb(table: Tensor, kernel_size: Union[int, Sequence[int]], mode: str = 'bicubic'
+               ) -> Tensor:
+    """Resize an NA table ``[heads, 2k_H-1, 2k_W-1]`` to the kernel ``kernel_size`` (int or pair).
+
+    ``mode``: ``'bicubic'`` (default) or ``'bilinear'``; the grid keeps its centre (offset 0).
+    """
+    if table.dim() != 3 or table.shape[-1] % 2 == 0 or table.shape[-2] % 2 == 0:
+        raise ValueError(f'RPB table must be [heads, 2k-1, 2k-1], got {tuple(table.shape)}')
+    return _interpolate(table, tuple(2 * k - 1 for k in _pair(kernel_size)), mode)
+
+
+def resize_bias_table(table: Tensor, window_size: Union[int, Sequence[int]],
+                      mode: str = 'bicubic') -> Tensor:
+    """Resize a Swin-style table ``[(2w_H-1) * (2w_W-1), heads]`` (row-major offsets) from a square
+    window to ``window_size`` (int or pair)."""
+    side = round(table.shape[0]**0.5) if table.dim() == 2 else 0
+    if side * side != table.shape[0] or side % 2 == 0:
+        raise ValueError(f'bias table must be [(2w-1)^2, heads], got {tuple(table.shape)}')
+    size = tuple(2 * w - 1 for w in _pair(window_size))
+    grid = _interpolate(table.T.reshape(-1, side, side), size, mode)
+    return grid.reshape(table.shape[1], -1).T.contiguous()
+
+
+def _resize_table(value: Tensor, shape: Tuple[int, ...], mode: str) -> Optional[Tensor]:
+    """``value`` resized to ``shape`` if both are tables of one layout with the same heads, else None."""
+    if value.dim() != len(shape):
+        return None
+    try:
+        if value.dim() == 3 and value.shape[0] == shape[0]:
+            return resize_rpb(value, ((shape[1] + 1) // 2, (shape[2] + 1) // 2), mode)
+        if value.dim() == 2 and value.shape[1] == shape[1]:
+            side = round(shape[0]**0.5)
+            resized = resize_bias_table(value, (side + 1) // 2, mode)
+            return resized if tuple(resized.shape) == tuple(shape) else None
+    except ValueError:
+        return None
+    return None
+
+
+# ------------------------------------------------------------------------------------------------
+# Loading
+# ------------------------------------------------------------------------------------------------
+def _listing(keys: Sequence[str], limit: int = 20) -> str:
+    if not keys:
+        return 'none'
+    more = f', ... (+{len(keys) - limit} more)' if len(keys) > limit else ''
+    return ', '.join(keys[:limit]) + more
+
+
+@dataclass
+class LoadReport:
+    """What :func:`load_weights` did. Key lists use the model's names.
+
+    Attributes:
+        source: the checkpoint path (or ``'<dict>'``).
+        loaded: keys copied into the model.
+        missing: model keys left at their init (``skipped`` ones included; ``new`` ones excluded).
+        unexpected: checkpoint keys the model does not have.
+        skipped: ``'key: checkpoint (..) vs model (..)'`` for shape mismatches that were not loaded.
+        resized: ``'key: (..) -> (..)'`` for relative-position tables interpolated to the model.
+        renamed: ``{checkpoint key: model key}`` of the ``adapt`` step.
+        ignored: checkpoint keys dropped on purpose (a classification head, keys outside ``prefix``).
+        new: model modules that this checkpoint layout cannot hold (e.g. the output norms of a
+            classification checkpoint), kept at their init and not counted as missing.
+    """
+    source: str = '<dict>'
+    loaded: List[str] = field(default_factory=list)
+    missing: List[str] = field(default_factory=list)
+    unexpected: List[str] = field(default_factory=list)
+    skipped: List[str] = field(default_factory=list)
+    resized: List[str] = field(default_factory=list)
+    renamed: Dict[str, str] = field(default_factory=dict)
+    ignored: List[str] = field(default_factory=list)
+    new: List[str] = field(default_factory=list)
+
+    @property
+    def clean(self) -> bool:
+        """No missing, unexpected or skipped keys."""
+        return not (self.missing or self.unexpected or self.skipped)
+
+    def format(self) -> str:
+        """A multi-line summary for the log."""
+        renamed = [f'{a} -> {b}' for a, b in self.renamed.items()]
+        return '\n'.join([
+            f'Loaded {len(self.loaded)} tensors from {self.source}:',
+            f'  missing (kept at init): {_listing(self.missing)}',
+            f'  unexpected: {_listing(self.unexpected)}',
+            f'  skipped (shape mismatch): {_listing(self.skipped)}',
+            f'  resized relative-position tables: {_listing(self.resized)}',
+            f'  renamed: {_listing(renamed)}',
+            f'  ignored (head / outside the prefix): {_listing(self.ignored)}',
+            f'  new (not in this checkpoint layout, kept at init): {_listing(self.new)}'])
+
+
+#: ``adapt(state_dict, model_state, report) -> state_dict``: maps a checkpoint layout onto a model's
+#: names (recording renames, dropped keys and new modules in ``report``).
+Adapter = Callable[['OrderedDict[str, Tensor]', Mapping[str, Tensor], LoadReport],
+                   Mapping[str, Tensor]]
+
+
+def load_weights(model: nn.Module, checkpoint: Union[str, Mapping[str, Any]],
+                 prefix: Optional[str] = None, adapt: Optional[Adapter] = None,
+                 tables: Sequence[str] = RELATIVE_TABLES, mode: str = 'bicubic',
+                 strict: bool = False, map_location: Any = 'cpu') -> LoadReport:
+    """Load ``checkpoint`` into ``model`` and report what happened.
+
+    Args:
+        model: any module.
+        checkpoint: a path / URL (:func:`read_checkpoint`) or an already loaded dict.
+        prefix: keep only keys under it (see :func:`unwrap_state_dict`); by default the
+            ``backbone.`` part of a full-model checkpoint, else everything.
+        adapt: optional layout mapping applied before matching (see :data:`Adapter`).
+        tables: last name components of the relative-position tables to resize when their window
+            differs (:func:`resize_rpb` / :func:`resize_bias_table`); other mismatches are skipped.
+        mode: interpolation of the tables, ``'bicubic'`` or ``'bilinear'``.
+        strict: raise ``RuntimeError`` (with the report) unless the report is clean.
+        map_location: for reading a path.
+
+    Returns:
+        the :class:`LoadReport`.
+    """
+    report = LoadReport(source=checkpoint if isinstance(checkpoint, str) else '<dict>')
+    state, report.ignored = _select(read_checkpoint(checkpoint, map_location), prefix)
+    own = model.state_dict()
+    if adapt is not None:
+        state = adapt(state, own, report)
+    loadable = OrderedDict()
+    for key, value in state.items():
+        target = own.get(key)
+        if target is None:
+            report.unexpected.append(key)
+            continue
+        if value.shape != target.shape:
+            resized = None
+            if key.rsplit('.', 1)[-1] in tables:
+                resized = _resize_table(value, tuple(target.shape), mode)
+            if resized is None:
+                report.skipped.append(f'{key}: checkpoint {tuple(value.shape)} vs model '
+                                      f'{tuple(target.shape)}')
+                continue
+            report.resized.append(f'{key}: {tuple(value.shape)} -> {tuple(target.shape)}')
+            value = resized
+        loadable[key] = value
+    model.load_state_dict(loadable, strict=False)
+    report.loaded = list(loadable)
+    new = tuple(name + '.' for name in report.new)
+    report.missing = [k for k in own if k not in loadable and not k.startswith(new)]
+    if strict and not report.clean:
+        raise RuntimeError(f'checkpoint does not match {type(model).__name__} exactly:\n'
+                           + report.format())
+    return report

@@ -6,11 +6,12 @@ How the backbones trace (``torch.compile``, ``torch.export``, ONNX):
   ``localattn::na_cpu_forward`` / ``na_cpu_backward`` (opaque to the compiler, no graph break); on
   CUDA the ``flex`` backend is used. Under ``torch.export`` / ONNX export the ``auto`` backend
   switches to ``unrolled`` (per-window-offset ``index_select`` gathers, einsums and a softmax: plain
-  ONNX ops, :mod:`localattn.ops.na.unrolled`). Its index tables are constants of the traced input
+  ONNX ops, :mod:`localattn.ops.na.backends.unrolled`). Its index tables are constants of the traced input
   size, so an exported model takes that input size only.
 * QnA: the rare exact fallback of :func:`~localattn.ops.qna2d` becomes a ``torch.cond`` (an ONNX
   ``If``), so nothing is dropped from the traced graph.
-* The window self-attention of QnA-ViT uses 4-D ``scaled_dot_product_attention``.
+* The window self-attention of QnA-ViT (:class:`~localattn.layers.WindowSelfAttention`) uses 4-D
+  ``scaled_dot_product_attention``.
 
 ONNX export uses the ``torch.export`` based exporter (``dynamo=True``), by default at opset 18, its
 native opset. Opset 17 goes through onnx's version converter, which cannot convert every graph (in
@@ -111,4 +112,5 @@ def compile_parity(model: nn.Module, inputs: Tensor, fullgraph: bool = True,
     return eager, traced
 
 
-__all__: Sequence[str] = ['export_onnx', 'onnxruntime_outputs', 'onnx_parity', 'compile_parity', 'MIN_OPSET', 'DEFAULT_OPSET']
+__all__: Sequence[str] = ['export_onnx', 'onnxruntime_outputs', 'onnx_parity', 'compile_parity', 'MIN_OPSET',
+                          'DEFAULT_OPSET']

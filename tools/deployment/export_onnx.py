@@ -9,8 +9,10 @@ Usage::
 ``MODEL`` is a preset (``nat-tiny``, ``dinat-tiny``, ``qnavit-tiny``, ``swin-t``, ...), a config file
 (its ``model.backbone``) or ``Type[:key=value,...]``; see :mod:`localattn.analysis.models`.
 ``--checkpoint`` loads weights (a backbone state dict, or a detector/segmentor/classifier checkpoint
-whose ``backbone.`` keys are used). The exported graph has static shapes (those of ``--shape``); see
-:mod:`localattn.deploy` for how the attention ops are exported. Exits with status 1 when the
+whose ``backbone.`` keys are used) through :func:`localattn.checkpoint.load_weights`, strictly: a
+missing, unexpected or mismatched tensor is an error (relative-position tables are resized). The
+exported graph has static shapes (those of ``--shape``); see :mod:`localattn.deploy` for how the
+attention ops are exported. Exits with status 1 when the
 onnxruntime outputs differ from PyTorch's by more than ``--atol + --rtol * max|torch|``.
 """
 from __future__ import annotations
@@ -29,6 +31,7 @@ except ImportError:  # running from a source checkout that was not pip-installed
     import localattn  # noqa: F401
 
 from localattn.analysis.models import build_backbone  # noqa: E402
+from localattn.checkpoint import load_weights  # noqa: E402
 from localattn.deploy import DEFAULT_OPSET, MIN_OPSET, export_onnx, onnx_parity  # noqa: E402
 
 
@@ -54,24 +57,14 @@ def parse_args(argv: Optional[Sequence[str]] = None) -> argparse.Namespace:
     return args
 
 
-def load_weights(model: torch.nn.Module, checkpoint: str) -> None:
-    """Load a backbone or full-model checkpoint (keys under ``backbone.`` used) strictly."""
-    from mmengine.runner import CheckpointLoader
-    from mmengine.runner.checkpoint import load_state_dict
-    ckpt = CheckpointLoader.load_checkpoint(checkpoint, map_location='cpu')  # weights_only loader
-    state = ckpt.get('state_dict', ckpt)
-    state = {k[len('module.'):] if k.startswith('module.') else k: v for k, v in state.items()}
-    if any(k.startswith('backbone.') for k in state):
-        state = {k[len('backbone.'):]: v for k, v in state.items() if k.startswith('backbone.')}
-    load_state_dict(model, state, strict=True)
-
-
 def main(argv: Optional[Sequence[str]] = None) -> int:
     args = parse_args(argv)
     height, width = (args.shape * 2)[:2]
     model = build_backbone(args.model, args.scope)
-    if args.checkpoint:
-        load_weights(model, args.checkpoint)
+    if args.checkpoint:  # strict: every tensor of the model, in its shape (tables resized)
+        report = load_weights(model, args.checkpoint, strict=True)
+        resized = f' (resized: {", ".join(report.resized)})' if report.resized else ''
+        print(f'loaded {len(report.loaded)} tensors from {args.checkpoint}{resized}')
     model.eval()
     inputs = torch.randn(args.batch, 3, height, width, generator=torch.Generator().manual_seed(0))
     name = osp.splitext(osp.basename(args.model))[0].replace(':', '_')

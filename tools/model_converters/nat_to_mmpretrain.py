@@ -35,8 +35,9 @@ except ImportError:  # running from a source checkout
                                 'projects'))
     import localattn  # noqa: F401
 
-from localattn.checkpoint import load_local_checkpoint  # noqa: E402
-from localattn.converters.nat import infer_arch, official_to_mmpretrain, unwrap_state_dict  # noqa: E402
+from localattn.backbones import NAT  # noqa: E402
+from localattn.checkpoint import load_local_checkpoint, unwrap_state_dict  # noqa: E402
+from localattn.converters.nat import infer_arch, official_to_mmpretrain  # noqa: E402
 
 
 def parse_args(argv=None) -> argparse.Namespace:
@@ -52,7 +53,7 @@ def main(argv=None) -> dict:
     checkpoint = load_local_checkpoint(args.src, map_location='cpu')
     source = unwrap_state_dict(checkpoint)
     state_dict = official_to_mmpretrain(source)
-    arch = infer_arch(source)
+    arch = infer_arch(source, presets=NAT.arch_zoo)
     if osp.dirname(args.dst):
         os.makedirs(osp.dirname(args.dst), exist_ok=True)
     torch.save({'state_dict': state_dict}, args.dst)

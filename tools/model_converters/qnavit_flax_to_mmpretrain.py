@@ -118,15 +118,18 @@ def find_params(tree: dict, key: Optional[str] = None) -> dict:
 
 def convert_file(src: str, dst: str, arch: Optional[str] = None, key: Optional[str] = None,
                  with_head: bool = True) -> dict:
-    """Convert ``src`` (flax msgpack) to ``dst`` (torch); returns the arch dict."""
+    """Convert ``src`` (flax msgpack) to ``dst`` (torch), checked against the preset ``arch`` when
+    given; returns the arch dict."""
     import torch
 
+    from localattn.backbones import QnAViT
     from localattn.converters.qnavit_flax import convert_qnavit_flax
 
     with open(src, 'rb') as f:
         tree = load_flax_msgpack(f.read())
-    state_dict, arch_cfg = convert_qnavit_flax(find_params(tree, key), arch=arch,
-                                               with_head=with_head)
+    state_dict, arch_cfg = convert_qnavit_flax(
+        find_params(tree, key), arch=QnAViT.resolve_arch(arch) if arch else None,
+        with_head=with_head)
     meta = dict(source=osp.basename(src), arch={k: (list(v) if isinstance(v, tuple) else v)
                                                 for k, v in arch_cfg.items()})
     torch.save(dict(state_dict=state_dict, meta=meta), dst)

@@ -1,6 +1,5 @@
-"""Model analysis helpers: parameters and FLOPs with attention counted analytically."""
-from .complexity import (FunctionCounter, analytic_flop_counting, count_flops_params, na_macs,
-                         register_function_counter, unregister_function_counter)
+"""Model analysis helpers: parameters and FLOPs with attention counted analytically (by layer type,
+:mod:`.complexity`), and backbones built from short specs (:mod:`.models`)."""
+from .complexity import AttentionFlopAnalyzer, count_flops_params, register_module_counter, unregister_module_counter
 
-__all__ = ['count_flops_params', 'analytic_flop_counting', 'register_function_counter',
-           'unregister_function_counter', 'na_macs', 'FunctionCounter']
+__all__ = ['count_flops_params', 'AttentionFlopAnalyzer', 'register_module_counter', 'unregister_module_counter']

@@ -3,213 +3,202 @@
 mmengine's :class:`~mmengine.analysis.FlopAnalyzer` (fvcore's jit-trace counter) counts the ops a
 model *executes*. That is wrong for attention kernels whose implementation does extra work (the
 tiled CPU/pure-torch NA computes logits for a tile plus its halo, the reference NA gathers keys) or
-hides it (fused kernels are invisible to the tracer). The papers count attention analytically:
-one NA call costs ``2 * B * N * heads * head_dim * k^2`` multiply-adds (``N * k^2 * C`` for ``q . k``
-plus the same for ``attn @ v``, ``C = heads * head_dim``, ``N`` = number of real tokens).
+hides it (fused kernels and ``scaled_dot_product_attention`` are invisible to the tracer). The papers
+count attention analytically: one NA call costs ``2 * B * N * heads * head_dim * k^2`` multiply-adds
+(``N * k^2 * C`` for ``q . k`` plus the same for ``attn @ v``, ``C = heads * head_dim``, ``N`` = number
+of real tokens).
 
-Design: *analytic function counters*. An attention op is registered as ``(owner, attribute name,
-MAC formula)``; e.g. ``na2d`` as bound in :mod:`localattn.layers.neighborhood_attention`. Inside
-:func:`analytic_flop_counting` the attribute is replaced by a wrapper that runs the real op as ONE
-opaque traced node (a ``torch.autograd.Function``, which the jit tracer records as
-``prim::PythonOp.<name>`` without its internals) and carries the analytic MAC count in the shape of a
-zero-element marker input ``[0, macs]``. A matching op handle on the analyzer reads it back. So
+Design: *counting by module type*. A layer class is registered with a MAC formula of its *own* work,
+``macs(module, inputs, output) -> int`` (what its ``forward`` computes outside its child modules).
+:class:`AttentionFlopAnalyzer` traces the model like mmengine's analyzer, records each call of a
+registered layer with a forward hook, and replaces the traced count of the layer's own work (its
+total minus its children's) by the formula, under the label of the registration, in the layer and
+all its ancestors. So
 
-* the op's internals (tile halos, gathers, masks, padding) are never counted,
-* everything around it (``qkv`` and ``proj`` linears, MLPs, convs, norms) is still counted by the
-  tracer per module, and the table keeps its per-module rows, and
-* the counted op appears in ``flops_by_operator`` under its label (``'neighborhood_attention'``).
+* the attention core's internals (tile halos, gathers, masks, padding, fused kernels) are never
+  counted, whichever backend runs;
+* everything else (``qkv`` and ``proj`` linears, MLPs, convs, norms) is still counted by the tracer
+  per module, and the table keeps its per-module rows; and
+* the layer's count appears in ``flops_by_operator`` under its label (``'neighborhood_attention'``).
 
-Other attention ops (e.g. QnA) plug in with :func:`register_function_counter`. The wrapper is
-forward-only (counting runs under ``torch.no_grad``). mmengine reports multiply-adds as "flops"
+Nothing is patched: the hooks (and a counter's ``trace_settings``, public layer attributes such as
+the NA ``backend``) hold for the trace only. Other attention layers plug in with
+:func:`register_module_counter`. mmengine reports multiply-adds as "flops"
 (fvcore convention), which is what the papers call FLOPs.
 """
 from __future__ import annotations
 
-import contextlib
 import math
 from collections import Counter
 from dataclasses import dataclass, field
-from typing import Any, Callable, Dict, Iterator, List, Optional, Sequence, Tuple, Type, Union
+from typing import Any, Callable, Dict, Mapping, Optional, Sequence, Tuple, Type, Union
 
 import torch
+from mmengine.analysis import FlopAnalyzer, parameter_count
+from mmengine.analysis.print_helper import complexity_stats_table
 from torch import Tensor, nn
 
-__all__ = ['count_flops_params', 'analytic_flop_counting', 'register_function_counter',
-           'unregister_function_counter', 'na_macs', 'FunctionCounter']
+from ..layers import NeighborhoodAttention2d, WindowSelfAttention
+
+__all__ = ['count_flops_params', 'AttentionFlopAnalyzer', 'ModuleCounter',
+           'register_module_counter', 'unregister_module_counter', 'na_layer_macs',
+           'window_attention_macs']
+
+#: ``macs(module, inputs, output) -> int``: multiply-adds of one call, outside the child modules.
+MacFormula = Callable[[nn.Module, Tuple[Any, ...], Any], int]
 
 
-@dataclass
-class FunctionCounter:
-    """An attention function counted analytically.
+@dataclass(frozen=True)
+class ModuleCounter:
+    """A layer class whose own work is counted analytically.
 
     Attributes:
-        owner: the object (usually a module namespace) whose attribute ``name`` is the function as
-            the layer calls it.
-        name: attribute name on ``owner``.
-        macs: ``macs(*args, **kwargs) -> int``, called with the function's arguments.
+        module_type: the layer class (subclasses included).
+        macs: the formula (:data:`MacFormula`).
         label: operator name in ``flops_by_operator``.
-        module_types: layer classes that must have called the function during the trace if present
-            in the model; counting raises otherwise (the layer stopped calling ``owner.name``).
+        trace_settings: public attributes set on the layers while the model is traced, restored
+            afterwards. The layer's own work is replaced by the formula, so it may run any
+            implementation there; this picks one that ``torch.jit.trace`` can record (NA: the
+            ``unrolled`` backend, plain indexing ops, as for ONNX export).
     """
-    owner: Any
-    name: str
-    macs: Callable[..., int]
+    module_type: Type[nn.Module]
+    macs: MacFormula
     label: str
-    module_types: Tuple[Type[nn.Module], ...] = ()
-    op: type = field(init=False, repr=False)
-
-    def __post_init__(self) -> None:
-        self.op = type(f'AnalyticFlops_{self.label}', (_AnalyticOp, ), {})
-
-    @property
-    def op_name(self) -> str:
-        """The jit node kind the analyzer sees."""
-        return f'prim::PythonOp.{self.op.__name__}'
+    trace_settings: Mapping[str, Any] = field(default_factory=dict)
 
 
-class _AnalyticOp(torch.autograd.Function):
-    """Runs ``thunk()`` as one opaque traced node; ``marker`` (shape ``[0, macs]``) carries the count."""
-
-    @staticmethod
-    def forward(ctx, thunk, marker, *tensors):  # noqa: D102
-        # Pause the tracer: the op's internals are neither counted nor worth recording.
-        state = torch._C._get_tracing_state()
-        torch._C._set_tracing_state(None)
-        try:
-            return thunk()
-        finally:
-            torch._C._set_tracing_state(state)
-
-    @staticmethod
-    def backward(ctx, *grads):  # noqa: D102
-        raise RuntimeError('analytic FLOP counting wrappers are forward-only')
+def na_layer_macs(module: NeighborhoodAttention2d, inputs: Tuple[Tensor, ...], output: Any) -> int:
+    """NA of one :class:`~localattn.layers.NeighborhoodAttention2d` call on ``[B, H, W, C]``:
+    ``2 * B * H * W * C * k_H * k_W`` with the kernel the layer runs the map with (smaller on axes
+    shorter than ``kernel_size * dilation``, where whole dilation groups are attended)."""
+    batch, height, width, channels = (int(s) for s in inputs[0].shape)
+    kernel, _, _ = module.window(height, width)
+    return 2 * batch * height * width * channels * math.prod(kernel)
 
 
-_COUNTERS: Dict[Tuple[int, str], FunctionCounter] = {}
-_DEFAULTS_REGISTERED = False
+def window_attention_macs(module: WindowSelfAttention, inputs: Tuple[Tensor, ...],
+                          output: Any) -> int:
+    """``q @ k^T`` plus ``attn @ v`` of one :class:`~localattn.layers.WindowSelfAttention` call on
+    ``[B, nW, N, C]`` windows (padded ones included): ``2 * B * nW * N^2 * C``; softmax, bias and
+    mask additions are not counted."""
+    batch, windows, tokens, channels = (int(s) for s in inputs[0].shape)
+    return 2 * batch * windows * tokens * tokens * channels
 
 
-def register_function_counter(owner: Any, name: str, macs: Callable[..., int], label: str,
-                              module_types: Sequence[Type[nn.Module]] = ()) -> FunctionCounter:
-    """Count ``owner.<name>`` analytically with ``macs(*args, **kwargs)`` (see :class:`FunctionCounter`).
+_COUNTERS: Dict[Type[nn.Module], ModuleCounter] = {}
 
-    Registering the same ``(owner, name)`` again replaces the previous counter.
-    """
-    if not callable(getattr(owner, name, None)):
-        raise ValueError(f'{owner!r} has no function {name!r}')
-    counter = FunctionCounter(owner, name, macs, label, tuple(module_types))
-    _COUNTERS[(id(owner), name)] = counter
+
+def register_module_counter(module_type: Type[nn.Module], macs: MacFormula, label: str,
+                            trace_settings: Optional[Mapping[str, Any]] = None) -> ModuleCounter:
+    """Count the own work of ``module_type`` layers with ``macs`` (see :class:`ModuleCounter`;
+    replaces a previous registration of the type)."""
+    if not (isinstance(module_type, type) and issubclass(module_type, nn.Module)):
+        raise ValueError(f'module_type must be an nn.Module subclass, got {module_type!r}')
+    counter = ModuleCounter(module_type, macs, label, dict(trace_settings or {}))
+    _COUNTERS[module_type] = counter
     return counter
 
 
-def unregister_function_counter(owner: Any, name: str) -> None:
-    """Remove the counter of ``owner.<name>`` (no-op if none)."""
-    _COUNTERS.pop((id(owner), name), None)
+def unregister_module_counter(module_type: Type[nn.Module]) -> None:
+    """Remove the counter of ``module_type`` (no-op if none)."""
+    _COUNTERS.pop(module_type, None)
 
 
-def na_macs(query: Tensor, key: Tensor = None, value: Tensor = None, kernel_size=None, *args,
-            valid_size=None, **kwargs) -> int:
-    """MACs of one NA call (``na1d/na2d/na3d`` signature): ``2 * B * N * heads * head_dim * prod(k)``.
-
-    ``N`` counts real tokens: the product of ``valid_size`` when the map was padded, else of the
-    spatial sizes. Queries always see ``prod(k)`` keys (windows are shifted, not clipped, at borders;
-    the NA layer lowers ``k`` on axes shorter than ``k * dilation``, where whole groups are attended).
-    """
-    spatial = tuple(query.shape[1:-2])
-    n = len(spatial)
-    kernel = tuple(kernel_size) if isinstance(kernel_size, (tuple, list)) else (kernel_size, ) * n
-    valid = spatial if valid_size is None else (
-        tuple(valid_size) if isinstance(valid_size, (tuple, list)) else (valid_size, ) * n)
-    batch, heads, head_dim = query.shape[0], query.shape[-2], query.shape[-1]
-    return 2 * batch * math.prod(valid) * heads * head_dim * math.prod(kernel)
+register_module_counter(NeighborhoodAttention2d, na_layer_macs, 'neighborhood_attention',
+                        trace_settings=dict(backend='unrolled'))
+register_module_counter(WindowSelfAttention, window_attention_macs, 'window_self_attention')
 
 
-def _register_defaults() -> None:
-    """Register localattn's own attention ops once (NA as the NA layer calls it)."""
-    global _DEFAULTS_REGISTERED
-    if _DEFAULTS_REGISTERED:
-        return
-    _DEFAULTS_REGISTERED = True
-    from ..layers import NeighborhoodAttention2d
-    from ..layers import neighborhood_attention as na_layer_module
-    register_function_counter(na_layer_module, 'na2d', na_macs, 'neighborhood_attention',
-                              module_types=(NeighborhoodAttention2d, ))
+def _counter_of(module: nn.Module, counters: Sequence[ModuleCounter]) -> Optional[ModuleCounter]:
+    return next((c for c in counters if isinstance(module, c.module_type)), None)
 
 
-def _concrete(value: Any) -> Any:
-    """Integer 0-dim tensors (what ``x.shape[i]`` gives while jit-tracing) -> ints, recursively."""
-    if isinstance(value, Tensor) and value.dim() == 0 and not value.is_floating_point():
-        return int(value)
-    if isinstance(value, (tuple, list)):
-        return type(value)(_concrete(v) for v in value)
-    return value
-
-
-def _wrap(counter: FunctionCounter, original: Callable, calls: Counter) -> Callable:
-    def counted(*args, **kwargs):
-        args = tuple(_concrete(a) for a in args)
-        kwargs = {k: _concrete(v) for k, v in kwargs.items()}
-        macs = int(counter.macs(*args, **kwargs))
-        # every tensor the op reads must be an input of the traced node (the tracer maps its
-        # internals onto the node's inputs)
-        tensors = [a for a in (*args, *kwargs.values()) if isinstance(a, Tensor)]
-        if not tensors:
-            return original(*args, **kwargs)
-        calls[counter.label] += 1
-        marker = tensors[0].new_empty((0, macs))
-        return counter.op.apply(lambda: original(*args, **kwargs), marker, *tensors)
-    counted.__wrapped__ = original
-    return counted
-
-
-def _handle(label: str) -> Callable:
-    def handle(inputs: List[Any], outputs: List[Any]) -> Counter:
-        return Counter({label: int(inputs[0].type().sizes()[1])})
-    return handle
-
-
-@contextlib.contextmanager
-def analytic_flop_counting(analyzer: Any = None,
-                           counters: Optional[Sequence[FunctionCounter]] = None) -> Iterator[Counter]:
-    """Swap the registered attention functions for their counted wrappers.
+class AttentionFlopAnalyzer(FlopAnalyzer):
+    """mmengine's ``FlopAnalyzer`` with the registered layers counted analytically.
 
     Args:
-        analyzer: an mmengine ``FlopAnalyzer`` to give the op handles to. Without it the handles go
-            into mmengine's default op table for the duration, so plain
-            ``mmengine.analysis.get_model_complexity_info`` counts attention analytically too.
-        counters: default: every registered counter.
+        model: the model.
+        inputs: its forward inputs.
+        counters: default: every registered :class:`ModuleCounter`.
 
-    Yields:
-        a ``Counter`` of wrapper calls per label (filled while the model runs).
+    ``total``, ``by_operator``, ``by_module`` and ``by_module_and_operator`` (and so mmengine's
+    ``complexity_stats_table``) give the adjusted counts; ``unsupported_ops`` leaves out the ops
+    inside the counted layers' own work.
     """
-    _register_defaults()
-    counters = list(_COUNTERS.values()) if counters is None else list(counters)
-    calls: Counter = Counter()
-    handles = {c.op_name: _handle(c.label) for c in counters}
-    default_ops = None
-    if analyzer is not None:
-        analyzer.set_op_handle(**handles)
-    else:
-        from mmengine.analysis import complexity_analysis
-        default_ops = complexity_analysis._DEFAULT_SUPPORTED_FLOP_OPS
-        saved = {k: default_ops.get(k) for k in handles}
-        default_ops.update(handles)
-    originals = []
-    try:
-        for c in counters:
-            original = getattr(c.owner, c.name)
-            originals.append((c, original))
-            setattr(c.owner, c.name, _wrap(c, original, calls))
-        yield calls
-    finally:
-        for c, original in reversed(originals):
-            setattr(c.owner, c.name, original)
-        if default_ops is not None:
-            for k, v in saved.items():
-                if v is None:
-                    default_ops.pop(k, None)
-                else:
-                    default_ops[k] = v
+
+    def __init__(self, model: nn.Module, inputs: Union[Tensor, Tuple[Any, ...]],
+                 counters: Optional[Sequence[ModuleCounter]] = None) -> None:
+        super().__init__(model, inputs)
+        self.model = model
+        self.counters = list(_COUNTERS.values()) if counters is None else list(counters)
+        self._adjusted: Optional[Tuple[Dict[str, Counter], Dict[str, Counter]]] = None
+        #: ``{label: calls}`` of the counted layers during the trace.
+        self.calls: Counter = Counter()
+
+    def _trace(self) -> Tuple[Dict[str, Counter], Dict[str, Counter], Dict[str, Counter]]:
+        """The parent's ``(counts, unsupported ops)`` per module, and ``{name: Counter({label:
+        MACs})}`` of the counted layers, recorded by forward hooks during the trace."""
+        analytic: Dict[str, Counter] = {}
+        handles, saved = [], []
+        for name, module in self.model.named_modules():
+            counter = _counter_of(module, self.counters)
+            if counter is None:
+                continue
+
+            def hook(mod, inputs, output, name=name, counter=counter):
+                analytic.setdefault(name, Counter())[counter.label] += int(counter.macs(mod, inputs, output))
+                self.calls[counter.label] += 1
+
+            handles.append(module.register_forward_hook(hook))
+            for attr, value in counter.trace_settings.items():
+                saved.append((module, attr, getattr(module, attr)))
+                setattr(module, attr, value)
+        try:
+            counts = super().by_module_and_operator()
+        finally:
+            for handle in handles:
+                handle.remove()
+            for module, attr, value in saved:
+                setattr(module, attr, value)
+        unsupported = {name: super(AttentionFlopAnalyzer, self).unsupported_ops(name) for name in counts}
+        return counts, unsupported, analytic
+
+    def _adjust(self) -> Tuple[Dict[str, Counter], Dict[str, Counter]]:
+        """Counts and unsupported ops per module with each counted layer's own work replaced."""
+        if self._adjusted is not None:
+            return self._adjusted
+        traced, traced_unsupported, analytic = self._trace()
+        counts = {name: Counter(ops) for name, ops in traced.items()}
+        unsupported = {name: Counter(ops) for name, ops in traced_unsupported.items()}
+        for name, replacement in analytic.items():
+            children = [f'{name}.{child}' if name else child
+                        for child, _ in self.model.get_submodule(name).named_children()]
+            own, own_unsupported = Counter(traced[name]), Counter(traced_unsupported[name])
+            for child in children:
+                own.subtract(traced[child])
+                own_unsupported.subtract(traced_unsupported[child])
+            parts = name.split('.') if name else []
+            for ancestor in ('.'.join(parts[:i]) for i in range(len(parts) + 1)):
+                counts[ancestor].subtract(own)
+                counts[ancestor].update(replacement)
+                unsupported[ancestor].subtract(own_unsupported)
+        self._adjusted = ({k: +v for k, v in counts.items()}, {k: +v for k, v in unsupported.items()})
+        return self._adjusted
+
+    def by_module_and_operator(self) -> Dict[str, Counter]:
+        return self._adjust()[0]
+
+    def by_operator(self, module_name: str = '') -> Counter:
+        return self._adjust()[0].get(self.canonical_module_name(module_name), Counter())
+
+    def total(self, module_name: str = '') -> int:
+        return sum(self.by_operator(module_name).values())
+
+    def by_module(self) -> Counter:
+        return Counter({name: sum(ops.values()) for name, ops in self._adjust()[0].items()})
+
+    def unsupported_ops(self, module_name: str = '') -> Counter:
+        return self._adjust()[1].get(self.canonical_module_name(module_name), Counter())
 
 
 def _make_inputs(model: nn.Module, input_shape: Union[Sequence[int], Sequence[Sequence[int]]]
@@ -242,35 +231,23 @@ def count_flops_params(model: nn.Module, input_shape: Sequence = (3, 224, 224),
         (mmengine's per-module table), ``flops_by_operator`` (dict) and ``unsupported_ops``
         (dict of op -> calls that mmengine does not count: elementwise ops, softmax, ...).
     """
-    from mmengine.analysis import FlopAnalyzer, parameter_count
-    from mmengine.analysis.print_helper import complexity_stats_table
-
     if inputs is None:
         inputs = _make_inputs(model, input_shape)
     elif isinstance(inputs, Tensor):
         inputs = (inputs, )
-    _register_defaults()
     was_training = model.training
     model.eval()
     try:
-        analyzer = FlopAnalyzer(model, inputs)
+        analyzer = AttentionFlopAnalyzer(model, inputs)
         analyzer.unsupported_ops_warnings(False)
         analyzer.uncalled_modules_warnings(False)
         analyzer.tracer_warnings('none')
-        with torch.no_grad(), analytic_flop_counting(analyzer) as calls:
+        with torch.no_grad():
             flops = analyzer.total()
-            by_operator = dict(analyzer.by_operator())
-            unsupported = dict(analyzer.unsupported_ops())
-            table = complexity_stats_table(analyzer, max_depth=max_depth,
-                                           show_param_shapes=show_param_shapes)
-        for counter in _COUNTERS.values():
-            expected = [n for n, m in model.named_modules() if isinstance(m, counter.module_types)]
-            if expected and not calls[counter.label]:
-                raise RuntimeError(
-                    f'{type(model).__name__} has {len(expected)} {counter.module_types[0].__name__} '
-                    f'modules but none called {getattr(counter.owner, "__name__", counter.owner)}.'
-                    f'{counter.name}; update the FLOP counter registration')
+        table = complexity_stats_table(analyzer, max_depth=max_depth,
+                                       show_param_shapes=show_param_shapes)
     finally:
         model.train(was_training)
     return dict(flops=int(flops), params=int(parameter_count(model)['']), table=table,
-                flops_by_operator=by_operator, unsupported_ops=unsupported)
+                flops_by_operator=dict(analyzer.by_operator()),
+                unsupported_ops=dict(analyzer.unsupported_ops()))

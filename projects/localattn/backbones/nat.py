@@ -3,26 +3,24 @@
 One readable file: arch tables, tokenizer, block, level (stage + downsampler) and the two backbones.
 Module names follow the official release (``patch_embed.proj.{0,1}``, ``levels.{i}.blocks.{j}.*``,
 ``levels.{i}.downsample.*``) so official ImageNet checkpoints load without renaming; the classification
-``norm.*`` maps to the last output norm (see :mod:`localattn.converters.nat`).
+``norm.*`` maps to the last output norm (:func:`localattn.converters.nat.official_to_backbone`).
 
 Data flow is channels-last ``[B, H, W, C]`` inside the network; the outputs are NCHW.
 """
 from __future__ import annotations
 
-import copy
 from typing import Dict, List, Optional, Sequence, Tuple, Union
 
 import torch
 import torch.nn as nn
-import torch.utils.checkpoint as cp
 from mmcv.cnn import build_norm_layer
 from mmcv.cnn.bricks import DropPath
-from mmengine.logging import print_log
-from mmengine.model import BaseModule
 from mmengine.model.weight_init import constant_init, trunc_normal_, trunc_normal_init
 from torch import Tensor
 
+from ..converters.nat import official_to_backbone
 from ..layers import NeighborhoodAttention2d
+from .base import HierarchicalBackbone, checkpoint_blocks
 
 __all__ = ['NAT', 'DiNAT', 'NAT_ARCHS', 'DINAT_DILATIONS']
 
@@ -37,9 +35,6 @@ NAT_ARCHS: Dict[str, dict] = {
     'base': dict(embed_dims=128, depths=(3, 4, 18, 5), num_heads=(4, 8, 16, 32), mlp_ratio=2.,
                  layer_scale=1e-5, drop_path_rate=0.5, kernel_size=7),
 }
-#: Defaults for keys a custom ``arch`` dict leaves out.
-_ARCH_DEFAULTS = dict(mlp_ratio=3., layer_scale=None, drop_path_rate=0.1, kernel_size=7)
-_ARCH_REQUIRED = ('embed_dims', 'depths', 'num_heads')
 
 #: DiNAT per-block dilation presets (DiNAT paper): ImageNet at 224, COCO and ADE20K fine-tuning.
 #: Shallower stages use the first ``depth`` entries of each list.
@@ -144,47 +139,20 @@ class NATLevel(nn.Module):
         self.downsample = ConvDownsampler(embed_dims, norm_cfg) if downsample else None
 
     def forward(self, x: Tensor) -> Tuple[Tensor, Tensor]:
-        for block in self.blocks:
-            if self.with_cp and torch.is_grad_enabled():
-                x = cp.checkpoint(block, x, use_reentrant=False)
-            else:
-                x = block(x)
+        x = checkpoint_blocks(self.blocks, x, with_cp=self.with_cp)
         return x, (self.downsample(x) if self.downsample is not None else x)
 
 
-def _resolve_arch(arch: Union[str, dict]) -> dict:
-    if isinstance(arch, str):
-        key = arch.lower()
-        if key not in NAT_ARCHS:
-            raise ValueError(f'Unknown arch {arch!r}; choose one of {sorted(NAT_ARCHS)} or pass a '
-                             f'dict with keys {list(_ARCH_REQUIRED)} (optional: {sorted(_ARCH_DEFAULTS)})')
-        return copy.deepcopy(NAT_ARCHS[key])
-    if not isinstance(arch, dict):
-        raise ValueError(f'arch must be a str or a dict, got {type(arch).__name__}')
-    missing = [k for k in _ARCH_REQUIRED if k not in arch]
-    unknown = sorted(set(arch) - set(_ARCH_REQUIRED) - set(_ARCH_DEFAULTS))
-    if missing or unknown:
-        raise ValueError(f'Custom arch dict: missing keys {missing}, unknown keys {unknown}; '
-                         f'required {list(_ARCH_REQUIRED)}, optional {sorted(_ARCH_DEFAULTS)}')
-    spec = {**_ARCH_DEFAULTS, **copy.deepcopy(arch)}
-    spec['depths'] = tuple(spec['depths'])
-    spec['num_heads'] = tuple(spec['num_heads'])
-    if len(spec['depths']) == 0 or len(spec['depths']) != len(spec['num_heads']):
-        raise ValueError(f"arch depths {spec['depths']} and num_heads {spec['num_heads']} must be "
-                         'non-empty and of equal length')
-    if any(not isinstance(d, int) or d < 1 for d in spec['depths']):
-        raise ValueError(f"arch depths must be positive ints, got {spec['depths']}")
-    return spec
-
-
-class NAT(BaseModule):
+class NAT(HierarchicalBackbone):
     """Neighborhood Attention Transformer backbone (`NAT <https://arxiv.org/abs/2204.07143>`_).
 
     Tokenizer (two 3x3 s2 convs + LN, stride 4) -> 4 levels of pre-norm NA blocks, each level but the
     last followed by a 3x3 s2 conv downsampler (``C -> 2C``) + LN. Output ``i`` is level ``i``'s features
     before its downsampler, through its own LayerNorm ``norm{i}``, as NCHW with ``embed_dims * 2**i``
     channels at stride ``2**(i+2)``. Usable in mmdet, mmseg and mmpretrain (``out_indices=(3,)``
-    with ``GlobalAveragePooling`` + ``LinearClsHead`` gives the official classifier).
+    with ``GlobalAveragePooling`` + ``LinearClsHead`` gives the official classifier). The interface
+    (``out_indices``, ``frozen_stages``, ``with_cp``, ``num_features``, ``init_cfg``) is
+    :class:`~localattn.backbones.base.HierarchicalBackbone`'s.
 
     Args:
         arch: ``'mini' | 'tiny' | 'small' | 'base'`` (:data:`NAT_ARCHS`) or a dict with
@@ -199,27 +167,26 @@ class NAT(BaseModule):
         qkv_bias: bias in the ``qkv`` projections.
         drop_rate: dropout after the attention projection and in the MLP.
         attn_drop_rate: dropout on attention weights.
-        out_indices: levels to return (0..num_levels-1).
+        out_indices: levels to return (negative indices allowed).
         frozen_stages: -1 freezes nothing; 0 freezes the tokenizer (``patch_embed``); ``n >= 1`` also
             the first ``n`` levels (with their downsamplers) and the output norms ``norm{i}``, ``i < n``.
             Frozen modules have ``requires_grad=False`` and stay in eval mode through ``train()``.
         norm_cfg: norm of every LayerNorm (``dict(type='LN')``; channels-last).
         with_cp: ``torch.utils.checkpoint`` each block (``use_reentrant=False``) to save memory.
-        init_cfg: None (truncated-normal init) or ``dict(type='Pretrained', checkpoint=PATH)``. A local
-            checkpoint in the official layout (``levels.*``, ``norm.*``, ``head.*``; wrapped in
-            ``state_dict``/``model`` and/or prefixed ``module.``/``backbone.``) or an mmpretrain
-            conversion loads directly: ``head.*`` is dropped, ``norm.*`` becomes the last output norm
-            (when returned), RPB tables are resized bicubically when ``kernel_size`` differs, and a
-            report of missing / unexpected / resized keys is logged. See
-            :func:`localattn.converters.nat.load_nat_checkpoint`.
+        init_cfg: None (truncated-normal init), a dict or a list. ``dict(type='Pretrained',
+            checkpoint=PATH)`` with a checkpoint in the official layout (``levels.*``, ``norm.*``,
+            ``head.*``; wrapped in ``state_dict``/``model`` and/or prefixed ``module.``/``backbone.``)
+            or an mmpretrain conversion loads directly: ``head.*`` is dropped, ``norm.*`` becomes the
+            last output norm (when returned), RPB tables are resized bicubically when ``kernel_size``
+            differs, and the load report is logged (:meth:`load_pretrained`).
 
     Inputs of any size: the tokenizer and downsamplers use padding 1, so a map of size ``L`` becomes
-    ``ceil(L / 2)`` (511x383 -> 128x96 at stride 4). **Small maps**: when a level's map is smaller than
-    ``kernel_size * dilation`` along an axis, :class:`~localattn.layers.NeighborhoodAttention2d` pads
-    it up to that size and masks the padded keys, so each query attends to all real tokens of its
-    dilation group along that axis (at most ``kernel_size`` of them): no error and no zero keys.
-    Note that the official code padded with zeros without masking, so results on such maps differ
-    slightly from the original implementation.
+    ``ceil(L / 2)`` (511x383 -> 128x96 at stride 4). **Small maps**: along an axis shorter than
+    ``kernel_size * dilation``, :class:`~localattn.layers.NeighborhoodAttention2d` lets each query
+    attend to all the tokens of its dilation group along that axis, running that axis with kernel
+    ``ceil(L / dilation)`` (fewer than ``kernel_size`` keys; padding of less than ``dilation``
+    positions is masked): no error and no zero keys. The official code instead zero-padded such maps
+    to ``kernel_size * dilation`` without masking, so results on them differ slightly.
 
     Weight decay: parameter names contain ``norm`` for every LayerNorm (``norm1``, ``norm2``,
     ``patch_embed.norm``, ``downsample.norm``, ``norm{i}``), ``rpb`` for the relative positional
@@ -228,8 +195,12 @@ class NAT(BaseModule):
     'gamma': dict(decay_mult=0.)})`` excludes exactly those from weight decay.
     """
 
-    #: DiNAT overrides; NAT uses dilation 1 everywhere.
-    _default_dilations = None
+    arch_zoo = NAT_ARCHS
+    arch_required = ('embed_dims', 'depths', 'num_heads')
+    arch_defaults = dict(mlp_ratio=3., layer_scale=None, drop_path_rate=0.1, kernel_size=7)
+    stem_name = 'patch_embed'
+    stages_name = 'levels'
+    adapt_checkpoint = staticmethod(official_to_backbone)
 
     def __init__(self, arch: Union[str, dict] = 'tiny', in_channels: int = 3,
                  kernel_size: Optional[int] = None, drop_path_rate: Optional[float] = None,
@@ -240,44 +211,14 @@ class NAT(BaseModule):
         dilations = kwargs.pop('dilations', None)  # DiNAT's argument, passed through by DiNAT
         if kwargs:
             raise TypeError(f'{type(self).__name__} got unexpected arguments {sorted(kwargs)}')
-        super().__init__(init_cfg=init_cfg)
-        spec = _resolve_arch(arch)
-        if kernel_size is not None:
-            spec['kernel_size'] = kernel_size
-        if drop_path_rate is not None:
-            spec['drop_path_rate'] = drop_path_rate
-        if layer_scale is not None:
-            spec['layer_scale'] = float(layer_scale) if layer_scale else None
-        k = spec['kernel_size']
-        if not isinstance(k, int) or k < 1:
-            raise ValueError(f'kernel_size must be a positive int, got {k!r}')
-        self.arch_settings = spec
-        self.embed_dims = int(spec['embed_dims'])
-        self.depths = tuple(spec['depths'])
-        self.num_heads = tuple(spec['num_heads'])
-        self.kernel_size = k
-        self.num_levels = len(self.depths)
-        self.num_features = [self.embed_dims * 2**i for i in range(self.num_levels)]
-        for dim, heads in zip(self.num_features, self.num_heads):
-            if heads < 1 or dim % heads:
-                raise ValueError(f'num_heads {self.num_heads} must divide the level widths '
-                                 f'{self.num_features}')
-
-        if isinstance(out_indices, int):
-            out_indices = (out_indices, )
-        out_indices = tuple(int(i) for i in out_indices)
-        bad = [i for i in out_indices if not 0 <= i < self.num_levels]
-        if not out_indices or bad:
-            raise ValueError(f'out_indices {out_indices} must be a non-empty subset of '
-                             f'0..{self.num_levels - 1}')
-        if len(set(out_indices)) != len(out_indices):
-            raise ValueError(f'out_indices {out_indices} contains duplicates')
-        self.out_indices = out_indices
-        if not isinstance(frozen_stages, int) or not -1 <= frozen_stages <= self.num_levels:
-            raise ValueError(f'frozen_stages must be an int in [-1, {self.num_levels}], '
-                             f'got {frozen_stages!r}')
-        self.frozen_stages = frozen_stages
-        self.with_cp = with_cp
+        spec = self.resolve_arch(arch, kernel_size=kernel_size, drop_path_rate=drop_path_rate,
+                                 layer_scale=layer_scale)
+        super().__init__(spec, [spec['embed_dims'] * 2**i for i in range(len(spec['depths']))],
+                         out_indices, frozen_stages, with_cp, init_cfg)
+        self.embed_dims = spec['embed_dims']
+        self.depths = spec['depths']
+        self.num_heads = spec['num_heads']
+        self.kernel_size = spec['kernel_size']
         self.dilations = self._resolve_dilations(dilations)
 
         self.patch_embed = ConvTokenizer(in_channels, self.embed_dims, norm_cfg)
@@ -286,94 +227,50 @@ class NAT(BaseModule):
         start = 0
         for i, depth in enumerate(self.depths):
             self.levels.append(NATLevel(
-                self.num_features[i], depth, self.num_heads[i], k, dilations=self.dilations[i],
-                drop_path=dpr[start:start + depth], downsample=i < self.num_levels - 1,
-                norm_cfg=norm_cfg, with_cp=with_cp, mlp_ratio=spec['mlp_ratio'],
-                qkv_bias=qkv_bias, drop=drop_rate, attn_drop=attn_drop_rate,
-                layer_scale=spec['layer_scale']))
+                self.num_features[i], depth, self.num_heads[i], self.kernel_size,
+                dilations=self.dilations[i], drop_path=dpr[start:start + depth],
+                downsample=i < self.num_stages - 1, norm_cfg=norm_cfg, with_cp=self.with_cp,
+                mlp_ratio=spec['mlp_ratio'], qkv_bias=qkv_bias, drop=drop_rate,
+                attn_drop=attn_drop_rate, layer_scale=spec['layer_scale']))
             start += depth
-        for i in out_indices:
-            self.add_module(f'norm{i}', build_norm_layer(norm_cfg, self.num_features[i])[1])
-        self._freeze_stages()
+        self.add_output_norms(norm_cfg)
+
+    @classmethod
+    def check_arch(cls, spec: dict) -> dict:
+        spec['depths'], spec['num_heads'] = tuple(spec['depths']), tuple(spec['num_heads'])
+        depths, heads = spec['depths'], spec['num_heads']
+        if not depths or len(depths) != len(heads):
+            raise ValueError(f'arch depths {depths} and num_heads {heads} must be non-empty and of '
+                             'equal length')
+        if any(isinstance(d, bool) or not isinstance(d, int) or d < 1 for d in depths):
+            raise ValueError(f'arch depths must be positive ints, got {depths}')
+        widths = [spec['embed_dims'] * 2**i for i in range(len(depths))]
+        if any(h < 1 or c % h for c, h in zip(widths, heads)):
+            raise ValueError(f'num_heads {heads} must divide the level widths {widths}')
+        k = spec['kernel_size']
+        if isinstance(k, bool) or not isinstance(k, int) or k < 1:
+            raise ValueError(f'kernel_size must be a positive int, got {k!r}')
+        spec['layer_scale'] = float(spec['layer_scale']) if spec['layer_scale'] else None
+        return spec
 
     def _resolve_dilations(self, dilations) -> List[List[int]]:
         if dilations is not None:
             raise TypeError('NAT has no dilations; use DiNAT')
         return [[1] * d for d in self.depths]
 
-    # ----------------------------------------------------------------------------------------------
-    def forward(self, x: Tensor) -> Tuple[Tensor, ...]:
-        """``[B, C_in, H, W]`` -> tuple of NCHW maps, one per ``out_indices``."""
-        x = self.patch_embed(x)
-        outs = []
-        last = max(self.out_indices)
-        for i, level in enumerate(self.levels):
-            feat, x = level(x)
-            if i in self.out_indices:
-                out = getattr(self, f'norm{i}')(feat)
-                outs.append(out.permute(0, 3, 1, 2).contiguous())
-            if i == last:
-                break
-        return tuple(outs)
-
-    def _frozen_modules(self) -> List[nn.Module]:
-        if self.frozen_stages < 0:
-            return []
-        modules = [self.patch_embed]
-        for i in range(self.frozen_stages):
-            modules.append(self.levels[i])
-            if i in self.out_indices:
-                modules.append(getattr(self, f'norm{i}'))
-        return modules
-
-    def _freeze_stages(self) -> None:
-        for module in self._frozen_modules():
-            module.eval()
-            for param in module.parameters():
-                param.requires_grad = False
-
-    def train(self, mode: bool = True) -> 'NAT':
-        super().train(mode)
-        self._freeze_stages()
-        return self
-
-    # ----------------------------------------------------------------------------------------------
-    def _default_init(self) -> None:
-        """Official init: truncated normal (std 0.02) for linears and RPB tables, LN to (1, 0)."""
+    def default_init(self) -> None:
+        """Official init: truncated normal (std 0.02) for linears and RPB tables, LN to (1, 0),
+        layer-scale vectors to ``layer_scale``."""
         for module in self.modules():
             if isinstance(module, nn.Linear):
                 trunc_normal_init(module, std=.02, bias=0.)
             elif isinstance(module, nn.LayerNorm):
                 constant_init(module, val=1., bias=0.)
-            elif isinstance(module, NeighborhoodAttention2d) and getattr(module, 'rpb', None) is not None:
+            elif isinstance(module, NeighborhoodAttention2d) and module.rpb is not None:
                 trunc_normal_(module.rpb, std=.02)
-        for module in self.modules():
-            if isinstance(module, NATBlock) and module.layer_scale:
+            elif isinstance(module, NATBlock) and module.layer_scale:
                 nn.init.constant_(module.gamma1, module.layer_scale)
                 nn.init.constant_(module.gamma2, module.layer_scale)
-
-    def init_weights(self) -> None:
-        """Default init, then the ``Pretrained`` checkpoint of ``init_cfg`` if given."""
-        cfg = self.init_cfg
-        if isinstance(cfg, (list, tuple)):
-            pretrained = [c for c in cfg if c.get('type') == 'Pretrained']
-            others = [c for c in cfg if c.get('type') != 'Pretrained']
-        elif isinstance(cfg, dict):
-            pretrained = [cfg] if cfg.get('type') == 'Pretrained' else []
-            others = [] if pretrained else [cfg]
-        else:
-            pretrained, others = [], []
-        self._default_init()
-        if others:
-            from mmengine.model import initialize
-            initialize(self, others)
-        for p_cfg in pretrained:
-            if 'checkpoint' not in p_cfg:
-                raise ValueError("init_cfg type='Pretrained' needs a 'checkpoint' path")
-            from ..converters.nat import load_nat_checkpoint
-            report = load_nat_checkpoint(self, p_cfg['checkpoint'], prefix=p_cfg.get('prefix'))
-            print_log(report.format(p_cfg['checkpoint']), logger='current')
-        self._is_init = True
 
     def extra_repr(self) -> str:
         return (f'embed_dims={self.embed_dims}, depths={self.depths}, num_heads={self.num_heads}, '
@@ -407,8 +304,8 @@ class DiNAT(NAT):
 
     Large dilations on small maps: when ``kernel_size * dilation`` exceeds a level's map along an axis
     (e.g. the COCO preset's dilation 28 at stride 4 needs a 784 px side), a query attends to all the
-    tokens of its dilation group along that axis (at most ``kernel_size`` of them) instead of failing;
-    the dilation is not clamped. See :class:`~localattn.layers.NeighborhoodAttention2d`.
+    tokens of its dilation group along that axis (``ceil(L / dilation)``, fewer than ``kernel_size``)
+    instead of failing; the dilation is not clamped. See :class:`~localattn.layers.NeighborhoodAttention2d`.
     """
 
     def __init__(self, arch: Union[str, dict] = 'tiny',

@@ -31,13 +31,13 @@ in ``nn.Linear`` ``qkv`` here; the bias tables use the same Swin index
 
 The architecture (widths, depths, heads, QnA kernel and queries, windows) is read off the shapes;
 pass ``arch`` to have it checked. Every Flax array must be consumed: leftovers raise
-``ValueError``. Pure numpy/torch, no JAX.
+``ValueError``. Pure numpy/torch, no JAX; nothing here imports the backbones.
 """
 from __future__ import annotations
 
 import math
 import re
-from typing import Any, Mapping, Optional, Union
+from typing import Any, Mapping, Optional
 
 import numpy as np
 import torch
@@ -222,14 +222,20 @@ def _qna_block(get: _Consumer, src: str, dst: str, in_dims: int, out_dims: int, 
     return out
 
 
-def convert_qnavit_flax(params: Mapping[str, Any], arch: Union[str, dict, None] = None,
-                       with_head: bool = True) -> tuple[dict, dict]:
+def _as_tuples(arch: Mapping[str, Any]) -> dict:
+    return {k: tuple(v) if isinstance(v, list) else v for k, v in arch.items()}
+
+
+def convert_qnavit_flax(params: Mapping[str, Any], arch: Optional[Mapping[str, Any]] = None,
+                        with_head: bool = True) -> tuple[dict, dict]:
     """Convert a QnA-ViT Flax parameter tree.
 
     Args:
         params: the model's ``params`` collection (nested dicts or ``/``-flat names) of numpy
             arrays.
-        arch: optional QnAViT arch (name or dict) to check the inferred one against.
+        arch: optional QnAViT arch dict (e.g. ``QnAViT.resolve_arch('tiny')``) to check the
+            inferred one against; its keys are compared, ``msa_heads`` / ``window_sizes`` /
+            ``qna_heads`` only where the stage has such layers.
         with_head: convert ``ClassificationHead_0/head_logits`` to ``head.fc.*`` (else it must
             be absent or is ignored).
 
@@ -237,17 +243,16 @@ def convert_qnavit_flax(params: Mapping[str, Any], arch: Union[str, dict, None] 
         ``(state_dict, arch)``: ``{'backbone.*': ..., 'head.fc.*': ...}`` float32 tensors for an
         mmpretrain ``ImageClassifier`` with ``QnAViT(arch=arch, out_indices=(last,))``,
         ``GlobalAveragePooling`` and ``LinearClsHead``; and the arch dict (the one read off the
-        tree, or the resolved ``arch`` when given and matching), with ``num_classes`` when the
-        head is converted.
+        tree, updated with ``arch`` when given and matching, without ``drop_path_rate``), with
+        ``num_classes`` when the head is converted.
     """
-    from ..backbones.qnavit import resolve_arch
-
     flat = flatten_flax_params(params)
     inferred = infer_qnavit_arch(flat)
     result = dict(inferred)
     if arch is not None:
-        expected = resolve_arch(arch)
-        diff = {k: (inferred[k], expected[k]) for k in inferred if inferred[k] != expected[k]
+        expected = _as_tuples(arch)
+        diff = {k: (inferred[k], expected[k]) for k in inferred
+                if k in expected and inferred[k] != expected[k]
                 and not (k in ('msa_heads', 'window_sizes') and all(
                     d == 0 or a == b for d, a, b in zip(inferred['msa_depths'], inferred[k],
                                                          expected[k])))
@@ -256,31 +261,30 @@ def convert_qnavit_flax(params: Mapping[str, Any], arch: Union[str, dict, None] 
                     if d))}
         if diff:
             raise ValueError(f'Flax tree does not match arch {arch!r}: (tree, arch) = {diff}')
-        result = {k: v for k, v in expected.items() if k != 'drop_path_rate'}
-    resolved = resolve_arch(inferred)
+        result.update({k: v for k, v in expected.items() if k != 'drop_path_rate'})
     get = _Consumer(flat)
     state = {}
-    num_stages = len(resolved['qna_depths'])
+    num_stages = len(inferred['qna_depths'])
     stem = get('StemBlock_0/conv_1x1/kernel')
     state['backbone.stem.weight'] = _tensor(stem.transpose(3, 2, 0, 1))
     for s in range(num_stages):
-        dims = resolved['embed_dims'] * 2**s
-        hidden = dims * resolved['mlp_ratio']
-        for i in range(resolved['msa_depths'][s]):
+        dims = inferred['embed_dims'] * 2**s
+        hidden = dims * inferred['mlp_ratio']
+        for i in range(inferred['msa_depths'][s]):
             state.update(_msa_block(get, f'LSAStage_{s}/MSA_Block_{i + 1}',
                                     f'backbone.stages.{s}.msa_blocks.{i}', dims,
-                                    resolved['msa_heads'][s], resolved['window_sizes'][s], hidden))
-        depth = resolved['qna_depths'][s]
+                                    inferred['msa_heads'][s], inferred['window_sizes'][s], hidden))
+        depth = inferred['qna_depths'][s]
         for i in range(depth):
             state.update(_qna_block(get, f'QnAStage_{s}/QnA_Block_{i + 1}',
                                     f'backbone.stages.{s}.qna_blocks.{i}', dims, dims,
-                                    resolved['qna_heads'][s], hidden))
+                                    inferred['qna_heads'][s], hidden))
         if s < num_stages - 1:
             state.update(_qna_block(get, f'QnAStage_{s}/QnA_Block_{depth + 1}_stride_2',
                                     f'backbone.stages.{s}.downsample', dims, 2 * dims,
-                                    2 * resolved['qna_heads'][s], 2 * hidden))
+                                    2 * inferred['qna_heads'][s], 2 * hidden))
     last = num_stages - 1
-    last_dims = resolved['embed_dims'] * 2**last
+    last_dims = inferred['embed_dims'] * 2**last
     state.update(_prefixed(f'backbone.norm{last}',
                            _layer_norm(get, 'ClassificationHead_0/LayerNorm_0', last_dims)))
     logits = 'ClassificationHead_0/head_logits'

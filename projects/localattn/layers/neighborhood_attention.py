@@ -10,7 +10,7 @@ from torch.nn.modules.utils import _pair
 from ..ops.na import BACKENDS, na2d
 
 
-def _short_axis(length: int, kernel: int, dilation: int) -> tuple[int, int, int]:
+def short_axis(length: int, kernel: int, dilation: int) -> tuple[int, int, int]:
     """``(kernel, dilation, padding)`` that one axis of length ``length`` runs with.
 
     Unchanged when ``kernel * dilation <= length``; otherwise every dilation group along the axis is
@@ -48,7 +48,8 @@ class NeighborhoodAttention2d(nn.Module):
         dilation: dilation (int or ``(d_H, d_W)``).
         qkv_bias: bias in the qkv projection.
         rpb: learn a relative positional bias.
-        attn_drop: dropout on the attention weights (training only).
+        attn_drop: dropout probability on the attention weights (training only; passed to
+            :func:`~localattn.ops.na.na2d` as ``dropout_p``).
         proj_drop: dropout after the output projection.
         backend: NA backend, see :func:`~localattn.ops.na.na2d`.
     """
@@ -70,17 +71,22 @@ class NeighborhoodAttention2d(nn.Module):
             nn.init.trunc_normal_(self.rpb, std=0.02)
         else:
             self.register_parameter('rpb', None)
-        self.attn_drop = nn.Dropout(attn_drop)
+        self.attn_drop = float(attn_drop)
         self.proj = nn.Linear(embed_dim, embed_dim)
         self.proj_drop = nn.Dropout(proj_drop)
+
+    def window(self, height: int, width: int) -> tuple[tuple[int, ...], ...]:
+        """``(kernel, dilation, padding)`` pairs (H, W) that a ``height x width`` map runs with
+        (:func:`short_axis` per axis)."""
+        return tuple(zip(*(short_axis(int(length), k, d) for length, k, d in
+                           zip((height, width), self.kernel_size, self.dilation))))
 
     def forward(self, x: Tensor) -> Tensor:
         """``x``: ``[B, H, W, C]`` -> ``[B, H, W, C]``."""
         b, height, width, c = x.shape
         heads = self.num_heads
         qkv = self.qkv(x).view(b, height, width, 3, heads, c // heads)
-        kernel, dilation, pads = zip(*(_short_axis(int(length), k, d) for length, k, d in
-                                       zip((height, width), self.kernel_size, self.dilation)))
+        kernel, dilation, pads = self.window(height, width)
         if pads[0] or pads[1]:
             qkv = F.pad(qkv, (0, 0, 0, 0, 0, 0, 0, pads[1], 0, pads[0]))
         rpb = self.rpb
@@ -90,11 +96,12 @@ class NeighborhoodAttention2d(nn.Module):
         q, k, v = qkv.unbind(3)
         out = na2d(q, k, v, kernel, dilation=dilation, rpb=rpb,
                    valid_size=(int(height), int(width)) if pads[0] or pads[1] else None,
-                   dropout_p=self.attn_drop.p if self.training else 0.0, backend=self.backend)
+                   dropout_p=self.attn_drop if self.training else 0.0, backend=self.backend)
         if pads[0] or pads[1]:
             out = out[:, :height, :width]
         return self.proj_drop(self.proj(out.reshape(b, height, width, c)))
 
     def extra_repr(self) -> str:
         return (f'embed_dim={self.embed_dim}, num_heads={self.num_heads}, kernel_size={self.kernel_size}, '
-                f'dilation={self.dilation}, rpb={self.rpb is not None}, backend={self.backend!r}')
+                f'dilation={self.dilation}, rpb={self.rpb is not None}, attn_drop={self.attn_drop}, '
+                f'backend={self.backend!r}')
