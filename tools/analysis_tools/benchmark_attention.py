@@ -84,8 +84,8 @@ def _dense(q: Tensor, k: Tensor, v: Tensor, mask: Tensor | None) -> Tensor:
 
 def _na_mask(resolution: int, kernel: int, device: torch.device) -> Tensor:
     """Boolean ``[N, N]`` mask of the NA neighbourhoods (query rows)."""
-    from localattn.ops.na.indexing import AxisSpec
     from localattn.ops.na.backends.reference import neighbour_table
+    from localattn.ops.na.indexing import AxisSpec
     index, valid, _ = neighbour_table((AxisSpec(resolution, kernel),) * 2)
     mask = torch.zeros(index.shape[0], index.shape[0], dtype=torch.bool)
     mask.scatter_(1, index, valid)

@@ -96,6 +96,10 @@ class TileLayout(NamedTuple):
         return self.n_blocks_padded * self.block
 
 
+
+def _ceil_div(a: int, b: int) -> int:
+    return -(-a // b)
+
 def bucket_blocks(n: int) -> int:
     """Round a block count up to ``m * 2^e`` with ``m`` in 4..7 (at most 25% padding, 4 sizes per octave)."""
     if n <= 8:
@@ -131,7 +135,7 @@ def choose_tiles(axes: tuple[AxisSpec, ...], block: int = BLOCK) -> tuple[int, .
         visited = 1
         for a, (ax, t) in enumerate(zip(axes, tiles)):
             if (a, t) not in counts:
-                nt = -(-(-(-ax.length // ax.dilation)) // t)
+                nt = _ceil_div(_ceil_div(ax.length, ax.dilation), t)
                 counts[a, t] = int(_axis_kv_tiles(ax, t, nt)[1].sum())
             visited *= counts[a, t]
         if best_pairs is None or visited < best_pairs:
@@ -147,7 +151,7 @@ def tile_layout(axes: tuple[AxisSpec, ...], tiles: tuple[int, ...] | None = None
         raise ValueError(f'{len(tiles)} tile edges for {len(axes)} axes')
     lengths = tuple(ax.length for ax in axes)
     dilations = tuple(ax.dilation for ax in axes)
-    n_tiles = tuple(-(-(-(-n // d)) // t) for n, d, t in zip(lengths, dilations, tiles))
+    n_tiles = tuple(_ceil_div(_ceil_div(n, d), t) for n, d, t in zip(lengths, dilations, tiles))
     n_blocks = math.prod(dilations) * math.prod(n_tiles)
     return TileLayout(lengths, dilations, tiles, n_tiles, math.prod(tiles), n_blocks,
                       bucket_blocks(n_blocks) if bucket else n_blocks)

@@ -18,6 +18,7 @@ tensors with Triton's interpreter: that is how the test suite checks them withou
 from __future__ import annotations
 
 import contextlib
+import functools
 import importlib.util
 import os
 from typing import NamedTuple
@@ -34,11 +35,16 @@ def _interpreting() -> bool:
     return os.environ.get('TRITON_INTERPRET', '0') == '1'
 
 
+@functools.lru_cache(maxsize=1)
+def _installed() -> tuple[bool, bool]:
+    """``(triton importable, CUDA present)``, looked up once (a file-system search per call cost ~1 ms)."""
+    return importlib.util.find_spec('triton') is not None, torch.cuda.is_available()
+
+
 def available() -> bool:
     """Whether the kernels can run here: triton importable and a CUDA device (or the interpreter)."""
-    if importlib.util.find_spec('triton') is None:
-        return False
-    return _interpreting() or torch.cuda.is_available()
+    has_triton, has_cuda = _installed()
+    return has_triton and (has_cuda or _interpreting())
 
 
 def supports(axes: tuple[AxisSpec, ...], dropout_p: float = 0.0) -> str | None:
@@ -70,6 +76,7 @@ class Tiling(NamedTuple):
     rpy: int  # RPB row bins (>= 2 ky - 1)
 
 
+@functools.lru_cache(maxsize=64)
 def tiling(ky: int, kx: int) -> Tiling:
     """Tile shapes for a (2-D view of the) call with kernel ``(ky, kx)``; ``ky == 1`` for 1-D."""
     if ky == 1:  # 1-D: one row of 32 queries against the 32 + k - 1 keys it needs
