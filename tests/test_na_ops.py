@@ -15,10 +15,10 @@ import warnings
 import pytest
 import torch
 
-from localattn.ops.na import BACKENDS, native, na1d, na2d, na3d
+from localattn.ops.na import BACKENDS, na1d, na2d, na3d, native
+from localattn.ops.na.backends.tiles import na_tiles
 from localattn.ops.na.functional import DTYPES, natten_available, resolve_backend
 from localattn.ops.na.indexing import AxisSpec
-from localattn.ops.na.backends.tiles import na_tiles
 
 OPS = {1: na1d, 2: na2d, 3: na3d}
 HAS_CXX = shutil.which('g++') is not None or shutil.which('c++') is not None
@@ -434,14 +434,16 @@ def test_auto_under_export_is_unrolled(tracing, device, dtype, dropout_p):
 
 @pytest.mark.parametrize('name', ['reference', 'unrolled', 'tiles'])
 def test_portable_backends_run_anywhere(name):
-    for device, dtype, dropout_p in [('cpu', torch.float64, 0.1), ('cuda', torch.float16, 0.0), ('mps', torch.float32, 0.2)]:
+    for device, dtype, dropout_p in [('cpu', torch.float64, 0.1), ('cuda', torch.float16, 0.0),
+                                     ('mps', torch.float32, 0.2)]:
         assert resolve(name, device, dtype, dropout_p) == name
 
 
 @pytest.mark.parametrize('kwargs,error,match,can', [
     (dict(backend='native', device='cuda'), ValueError, 'CPU kernel and the inputs are on cuda',
      "'reference', 'unrolled', 'tiles'"),
-    (dict(backend='native', dropout_p=0.1), ValueError, 'does not support dropout_p', "'reference', 'unrolled', 'tiles'"),
+    (dict(backend='native', dropout_p=0.1), ValueError, 'does not support dropout_p',
+     "'reference', 'unrolled', 'tiles'"),
     (dict(backend='flex', dropout_p=0.1), ValueError, 'FlexAttention does not support dropout_p',
      "'reference', 'unrolled', 'tiles'"),
     (dict(backend='natten', rpb=torch.zeros(2, 5, 5)), ValueError, 'natten supports neither rpb',

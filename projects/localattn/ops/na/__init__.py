@@ -10,4 +10,4 @@ optional NATTEN package), ``triton`` (CUDA, opt-in). ``auto`` picks one by the t
 from .backends import native
 from .functional import BACKENDS, na1d, na2d, na3d, resolve_backend
 
-__all__ = ['BACKENDS', 'na1d', 'na2d', 'na3d', 'resolve_backend']
+__all__ = ['BACKENDS', 'na1d', 'na2d', 'na3d', 'native', 'resolve_backend']

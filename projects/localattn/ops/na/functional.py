@@ -58,11 +58,11 @@ from typing import Sequence, Union
 import torch
 from torch import Tensor
 
-from .indexing import AxisSpec
 from .backends import native
 from .backends.reference import na_reference
 from .backends.tiles import na_tiles
 from .backends.unrolled import na_unrolled
+from .indexing import AxisSpec
 
 BACKENDS = ('auto', 'reference', 'unrolled', 'native', 'tiles', 'flex', 'natten', 'triton')
 #: Former names ``{old: what to use instead}``, still accepted with a ``DeprecationWarning``.

@@ -49,9 +49,10 @@ from ..indexing import AxisSpec, axis_inverse, axis_windows
 PAD = 8  # zero columns after each transposed row (one vector step)
 FLAGS = ('-O3', '-march=native', '-fopenmp-simd', '-shared', '-fPIC', '-std=c++17', '-pthread')
 SOURCE_FILE = Path(__file__).with_name('native.cpp')
-#: How much slower the ``tiles`` fallback is than this kernel, measured forward + backward on one
-#: CPU shape (tools/analysis_tools/benchmark_attention.py methods na-tiled vs na-tiled-torch).
-FALLBACK_SLOWDOWN = 'about 3x slower (forward + backward, 56x56, kernel 7, 4 heads, head_dim 32, fp32)'
+#: How much slower the ``tiles`` fallback is than this kernel: na2d forward + backward, best of 15,
+#: 1-2 threads of a shared 2-core x86 CPU; the ratio ranged 1.4x-2.3x over six runs (median 1.9x).
+FALLBACK_SLOWDOWN = ('about 2x slower (na2d forward + backward, batch 2, 56x56, kernel 7, 4 heads, head_dim 32, '
+                     'RPB, fp32)')
 _STDERR_TAIL = 2000  # characters of the compiler's stderr quoted in the warning
 
 _unavailable: list[str] = []  # why library() returned None (filled on its first call)
