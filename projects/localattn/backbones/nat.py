@@ -22,7 +22,7 @@ from ..converters.nat import official_to_backbone
 from ..layers import NeighborhoodAttention2d
 from .base import HierarchicalBackbone, checkpoint_blocks
 
-__all__ = ['NAT', 'DiNAT', 'NAT_ARCHS', 'DINAT_DILATIONS']
+__all__ = ['NAT', 'DiNAT', 'NAT_ARCHS', 'DINAT_ARCHS', 'DINAT_DILATIONS']
 
 #: Official NAT variants (paper Table 1): kernel 7, head dim 32 everywhere.
 NAT_ARCHS: Dict[str, dict] = {
@@ -36,12 +36,30 @@ NAT_ARCHS: Dict[str, dict] = {
                  layer_scale=1e-5, drop_path_rate=0.5, kernel_size=7),
 }
 
-#: DiNAT per-block dilation presets (DiNAT paper): ImageNet at 224, COCO and ADE20K fine-tuning.
-#: Shallower stages use the first ``depth`` entries of each list.
+#: DiNAT variants (DiNAT paper and the official release): NAT's tables, except that DiNAT-Small has
+#: no layer scale (NAT-Small has 1e-5), plus DiNAT-Large (kernel 7; the release also runs it with
+#: kernel 11: ``DiNAT(arch='large', kernel_size=11)``). Head dim 32 everywhere.
+DINAT_ARCHS: Dict[str, dict] = {
+    **{name: dict(spec) for name, spec in NAT_ARCHS.items()},
+    'small': dict(NAT_ARCHS['small'], layer_scale=None),
+    'large': dict(embed_dims=192, depths=(3, 4, 18, 5), num_heads=(6, 12, 24, 48), mlp_ratio=2.,
+                  layer_scale=None, drop_path_rate=0.35, kernel_size=7),
+}
+
+#: DiNAT per-block dilation presets (DiNAT paper and the official release), for depths (3, 4, 18, 5);
+#: shallower levels use the first ``depth`` entries of each list.
+#:
+#: * ``imagenet``: classification at 224 px; ``imagenet-384``: DiNAT-Large at 384 px;
+#: * ``coco``: detection (Mask / Cascade Mask R-CNN); ``ade20k``: UPerNet on 512 px crops;
+#: * ``ade20k-640``: DiNAT-Large UPerNet on 640 px crops;
+#: * ``mask2former``: DiNAT-Large (kernel 11) in Mask2Former.
 DINAT_DILATIONS: Dict[str, List[List[int]]] = {
     'imagenet': [[1, 8, 1], [1, 4, 1, 4], [1, 2] * 9, [1, 1, 1, 1, 1]],
+    'imagenet-384': [[1, 13, 1], [1, 6, 1, 6], [1, 3] * 9, [1] * 5],
     'coco': [[1, 28, 1], [1, 7, 1, 14], [1, 3, 1, 5, 1, 7] * 3, [1, 3, 1, 3, 1]],
     'ade20k': [[1, 16, 1], [1, 4, 1, 8], [1, 2, 1, 3, 1, 4] * 3, [1, 2, 1, 2, 1]],
+    'ade20k-640': [[1, 20, 1], [1, 5, 1, 10], [1, 2, 1, 3, 1, 4, 1, 5] * 2 + [1, 5], [1, 2, 1, 2, 1]],
+    'mask2former': [[1, 14, 1], [1, 4, 1, 7], [1, 2, 1, 3] * 4 + [1, 3], [1, 1, 1, 1, 1]],
 }
 
 
@@ -277,10 +295,25 @@ class NAT(HierarchicalBackbone):
                 f'kernel_size={self.kernel_size}, out_indices={self.out_indices}')
 
 
-def _check_dilations(dilations, depths: Sequence[int]) -> List[List[int]]:
+def resolve_dilations(dilations: Union[str, Sequence[Sequence[int]]], depths: Sequence[int],
+                      presets: Dict[str, List[List[int]]]) -> List[List[int]]:
+    """Per-block dilations ``[[d, ...] per level]`` of ``dilations``: a key of ``presets`` (the first
+    ``depth`` entries of each level's list) or explicit lists (one per level, one positive int per
+    block). Raises ValueError naming the presets, levels and blocks allowed."""
+    if isinstance(dilations, str):
+        key = dilations.lower()
+        if key not in presets:
+            raise ValueError(f'Unknown dilations preset {dilations!r}; choose one of '
+                             f'{sorted(presets)} or pass per-block lists')
+        preset = presets[key]
+        if len(depths) > len(preset) or any(d > len(p) for d, p in zip(depths, preset)):
+            raise ValueError(f'dilations preset {dilations!r} covers depths '
+                             f'{tuple(len(p) for p in preset)}, shorter than depths '
+                             f'{tuple(depths)}; pass explicit dilations')
+        return [list(p[:d]) for p, d in zip(preset, depths)]
     if (not isinstance(dilations, (list, tuple)) or len(dilations) != len(depths)
             or any(not isinstance(level, (list, tuple)) for level in dilations)):
-        raise ValueError(f'dilations must be a preset name {sorted(DINAT_DILATIONS)} or a list of '
+        raise ValueError(f'dilations must be a preset name {sorted(presets)} or a list of '
                          f'{len(depths)} per-level lists, got {dilations!r}')
     for i, (level, depth) in enumerate(zip(dilations, depths)):
         if len(level) != depth:
@@ -295,12 +328,20 @@ class DiNAT(NAT):
     """Dilated Neighborhood Attention Transformer (`DiNAT <https://arxiv.org/abs/2209.15001>`_).
 
     NAT whose blocks alternate local (dilation 1) and sparse global (dilated) NA. Same arguments,
-    module names and checkpoints as :class:`NAT`, plus:
+    module names and checkpoints as :class:`NAT`, with its own arch table and dilations:
 
     Args:
-        dilations: a preset of :data:`DINAT_DILATIONS` (``'imagenet'`` (default, 224 px), ``'coco'``,
-            ``'ade20k'``; for shallower levels the first ``depth`` entries of each level are used) or
-            explicit per-block dilations (one list of positive ints per level, one entry per block).
+        arch: ``'mini' | 'tiny' | 'small' | 'base' | 'large'`` (:data:`DINAT_ARCHS`: NAT's, but
+            DiNAT-Small has no layer scale; DiNAT-Large is C 192, depths (3, 4, 18, 5), heads
+            (6, 12, 24, 48), mlp ratio 2, drop path 0.35) or a dict as for :class:`NAT`.
+            ``kernel_size=11`` with ``'large'`` gives the release's DiNAT-Large 11x11 (a kernel-7
+            checkpoint loads with its RPB tables resized bicubically, as the release's "11x11interp"
+            weights were made).
+        dilations: a preset of :data:`DINAT_DILATIONS`: ``'imagenet'`` (default, 224 px),
+            ``'imagenet-384'``, ``'coco'``, ``'ade20k'`` (512 px crops), ``'ade20k-640'``,
+            ``'mask2former'`` (for shallower levels the first ``depth`` entries of each level are
+            used), or explicit per-block dilations (one list of positive ints per level, one entry
+            per block).
 
     Large dilations on small maps: when ``kernel_size * dilation`` exceeds a level's map along an axis
     (e.g. the COCO preset's dilation 28 at stride 4 needs a 784 px side), a query attends to all the
@@ -308,21 +349,11 @@ class DiNAT(NAT):
     instead of failing; the dilation is not clamped. See :class:`~localattn.layers.NeighborhoodAttention2d`.
     """
 
+    arch_zoo = DINAT_ARCHS
+
     def __init__(self, arch: Union[str, dict] = 'tiny',
                  dilations: Union[str, Sequence[Sequence[int]]] = 'imagenet', **kwargs) -> None:
         super().__init__(arch=arch, dilations=dilations, **kwargs)
 
     def _resolve_dilations(self, dilations) -> List[List[int]]:
-        if isinstance(dilations, str):
-            key = dilations.lower()
-            if key not in DINAT_DILATIONS:
-                raise ValueError(f'Unknown dilations preset {dilations!r}; choose one of '
-                                 f'{sorted(DINAT_DILATIONS)} or pass per-block lists')
-            preset = DINAT_DILATIONS[key]
-            if len(self.depths) > len(preset) or any(
-                    d > len(p) for d, p in zip(self.depths, preset)):
-                raise ValueError(f'dilations preset {dilations!r} covers depths '
-                                 f'{tuple(len(p) for p in preset)}, shorter than depths '
-                                 f'{self.depths}; pass explicit dilations')
-            return [list(p[:d]) for p, d in zip(preset, self.depths)]
-        return _check_dilations(dilations, self.depths)
+        return resolve_dilations(dilations, self.depths, DINAT_DILATIONS)
