@@ -11,8 +11,16 @@ the Runner allow-list and for URLs):
   allow-lists exactly the types that Runner checkpoints contain (:func:`safe_globals`) and replaces
   mmengine's local-file loader with :func:`load_local_checkpoint` (``weights_only=True``; a refused
   file raises :class:`UnsafeCheckpointError`, which says what was refused and how to load the file if
-  trusted). ``--resume``, ``load_from``, ``tools/test.py CONFIG CHECKPOINT`` and
-  ``init_cfg=dict(type='Pretrained', checkpoint=...)`` all go through that loader.
+  trusted; a truncated, corrupt or non-checkpoint file raises :class:`CorruptCheckpointError`, which
+  names the file and what to do). ``http(s)://`` checkpoints are downloaded into torch hub's cache
+  (``<torch hub dir>/checkpoints``) and read by the same loader (:func:`load_remote_checkpoint`;
+  torch hub's own ``load_state_dict_from_url``, which mmengine uses, unpickles with
+  ``weights_only=False``). ``--resume``, ``load_from``, ``tools/test.py CONFIG CHECKPOINT`` and
+  ``init_cfg=dict(type='Pretrained', checkpoint=...)`` all go through these loaders.
+* **Writing** (:func:`atomic_backend`): mmengine writes a checkpoint in place, so a process killed
+  while saving leaves a truncated ``iter_N.pth``. :func:`install` replaces mmengine's local file
+  backend with one that writes to a temporary file in the same folder and renames it over the target
+  (``os.replace``), so a checkpoint file is either complete or absent.
 * **Unwrapping** (:func:`unwrap_state_dict`): ``{'state_dict' | 'model' | 'model_ema' | 'module': ...}``
   wrappers (nested too), a leading ``module.`` (DDP), and the ``backbone.`` part of a detector /
   segmentor / classifier checkpoint (or any explicit ``prefix``).
@@ -26,19 +34,26 @@ the Runner allow-list and for URLs):
 """
 from __future__ import annotations
 
+import argparse
+import functools
+import os
 import os.path as osp
 import pickle
+import sys
+import urllib.error
 from collections import OrderedDict
 from dataclasses import dataclass, field
 from typing import Any, Callable, Dict, List, Mapping, Optional, Sequence, Tuple, Union
+from urllib.parse import urlparse
 
 import numpy as np
 import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
 
-__all__ = ['UnsafeCheckpointError', 'safe_globals', 'load_local_checkpoint', 'install',
-           'read_checkpoint', 'unwrap_state_dict', 'resize_rpb', 'resize_bias_table',
+__all__ = ['UnsafeCheckpointError', 'CorruptCheckpointError', 'RemoteCheckpointError', 'safe_globals',
+           'load_local_checkpoint', 'load_remote_checkpoint', 'atomic_backend', 'atomic_write',
+           'install', 'read_checkpoint', 'unwrap_state_dict', 'resize_rpb', 'resize_bias_table',
            'RELATIVE_TABLES', 'LoadReport', 'load_weights']
 
 
@@ -47,6 +62,14 @@ __all__ = ['UnsafeCheckpointError', 'safe_globals', 'load_local_checkpoint', 'in
 # ------------------------------------------------------------------------------------------------
 class UnsafeCheckpointError(pickle.UnpicklingError):
     """A checkpoint holds pickled objects outside the allow-list and was not loaded."""
+
+
+class CorruptCheckpointError(RuntimeError):
+    """A file is not a readable checkpoint: empty, truncated, corrupt, or not a checkpoint at all."""
+
+
+class RemoteCheckpointError(OSError):
+    """A ``http(s)://`` checkpoint could not be downloaded."""
 
 
 def _numpy_reconstruct() -> Callable:
@@ -88,15 +111,35 @@ def _history_buffer_statistic(owner: Any, name: str) -> Callable:
         f'getattr({owner!r}, {name!r}) is not allowed in a checkpoint (only HistoryBuffer statistics)')
 
 
+def _bytes(*args: Any) -> bytes:
+    """Stand-in for ``builtins.bytes`` while unpickling: what pickle protocol 2 writes for ``b''``.
+
+    An empty byte string (the buffer of every empty numpy array, e.g. a ``HistoryBuffer`` with no
+    values yet or ``np.zeros(0)``) pickles as ``bytes()``; non-empty ones use ``_codecs.encode``,
+    which torch allows. Only ``bytes()`` and ``bytes(<bytes-like>)`` are accepted: ``bytes(n)``
+    would let a file allocate ``n`` bytes.
+    """
+    if not args:
+        return b''
+    if len(args) == 1 and isinstance(args[0], (bytes, bytearray)):
+        return bytes(args[0])
+    raise pickle.UnpicklingError(
+        f'bytes{tuple(type(a).__name__ for a in args)} is not allowed in a checkpoint (only bytes() '
+        'and bytes(<bytes>))')
+
+
 def safe_globals() -> List[Any]:
     """Return the types allowed in checkpoints, beyond torch's own weights-only set.
 
-    Exactly what mmengine Runner checkpoints carry: ``HistoryBuffer`` (message hub scalars) with
-    its statistic methods (through a restricted ``getattr``), and numpy arrays, dtypes and scalars
-    (iteration statistics, dataset meta).
+    Exactly what mmengine Runner checkpoints and released checkpoints carry: ``HistoryBuffer``
+    (message hub scalars) with its statistic methods (through a restricted ``getattr``), numpy
+    arrays, dtypes and scalars (iteration statistics, dataset meta), empty byte strings (the data
+    of empty numpy arrays, through a restricted ``bytes``) and ``argparse.Namespace`` (the ``args``
+    that timm-style training scripts save; plain attributes, no code).
     """
     from mmengine.logging.history_buffer import HistoryBuffer
-    return [HistoryBuffer, (_history_buffer_statistic, 'builtins.getattr'), _numpy_reconstruct(),
+    return [HistoryBuffer, (_history_buffer_statistic, 'builtins.getattr'),
+            (_bytes, 'builtins.bytes'), argparse.Namespace, _numpy_reconstruct(),
             _numpy_scalar(), np.ndarray, np.dtype, *_numpy_dtype_classes()]
 
 
@@ -106,7 +149,49 @@ def _refusal_reason(message: str) -> str:
     for line in tail.splitlines():
         if line.strip():
             return line.split(' Please use ')[0].strip()
+    # blocked modules (os, posix, subprocess, ...) get a message without that marker
+    for line in message.splitlines():
+        if 'GLOBAL' in line or 'Unsupported' in line:
+            return line.strip()
     return message.splitlines()[0] if message else ''
+
+
+#: How the two formats of ``torch.save`` begin: a zip archive (torch >= 1.6) or a pickle (legacy).
+_ZIP_MAGIC = b'PK\x03\x04'
+_PICKLE_PROTO = b'\x80'
+#: Messages of torch's readers that mean the bytes are damaged (truncated zip, short legacy file).
+_CORRUPT_MARKERS = ('PytorchStreamReader', 'central directory', 'unexpected EOF', 'corrupted',
+                    'file might be corrupted', 'invalid header', 'truncated', 'zip archive')
+
+
+def _corrupt(filename: str, reason: str, cause: Optional[BaseException] = None
+             ) -> CorruptCheckpointError:
+    try:
+        size = f'{osp.getsize(filename):,} bytes'
+    except OSError:
+        size = 'size unknown'
+    detail = f' ({type(cause).__name__}: {str(cause).splitlines()[0][:200] if str(cause) else "no message"})' \
+        if cause is not None else ''
+    return CorruptCheckpointError(
+        f'{filename} ({size}) is not a readable checkpoint: {reason}{detail}. It is probably '
+        'truncated or damaged: an interrupted download or copy, a full disk, or a process killed '
+        'while writing it. Re-download (or re-copy) the file and check the free disk space '
+        f'(`df -h {osp.dirname(osp.abspath(filename))}`); for a checkpoint of your own run, '
+        '`tools/train.py CONFIG --resume` continues from the last complete one.')
+
+
+def _check_header(filename: str) -> None:
+    """Raise :class:`CorruptCheckpointError` unless the file starts like a ``torch.save`` file."""
+    with open(filename, 'rb') as f:
+        head = f.read(64)
+    if not head:
+        raise _corrupt(filename, 'the file is empty')
+    if head.startswith(_ZIP_MAGIC) or head.startswith(_PICKLE_PROTO):
+        return
+    reason = f'it begins with {head[:16]!r}, neither a zip archive (torch.save) nor a pickle'
+    if head.lstrip()[:1] == b'<':
+        reason += ' -- it looks like an HTML/XML page, e.g. an error page saved by a failed download'
+    raise _corrupt(filename, reason)
 
 
 def load_local_checkpoint(filename: str, map_location: Optional[Any] = None,
@@ -120,43 +205,168 @@ def load_local_checkpoint(filename: str, map_location: Optional[Any] = None,
 
     Raises:
         FileNotFoundError: no such file.
+        CorruptCheckpointError: empty, truncated, damaged or not a ``torch.save`` file.
         UnsafeCheckpointError: the file pickles an object outside the allow-list.
     """
     filename = osp.expanduser(filename)
     if not osp.isfile(filename):
         raise FileNotFoundError(f'checkpoint {filename} can not be found.')
+    _check_header(filename)
     try:
         return torch.load(filename, map_location=map_location, weights_only=True)
     except pickle.UnpicklingError as exc:
         detail = _refusal_reason(str(exc)) or type(exc).__name__
+        if any(marker in str(exc) for marker in ('truncated', 'EOF')):
+            raise _corrupt(filename, 'the pickled data ends early', exc) from exc
         raise UnsafeCheckpointError(
             f'Refused to load checkpoint {filename}: it contains a pickled object that is not on '
             f"localattn's allow-list of checkpoint types ({detail.strip()}). Loading it would let the "
             'file run arbitrary code. If you trust the file, either allow that type explicitly with '
             '`torch.serialization.add_safe_globals([TheType])` before loading, or load it once with '
             '`torch.load(path, weights_only=False)` and re-save just its `state_dict`.') from exc
+    except (EOFError, OSError) as exc:  # OSError: reading past the end of a truncated zip, I/O errors
+        raise _corrupt(filename, 'reading it failed', exc) from exc
+    except RuntimeError as exc:
+        if any(marker in str(exc) for marker in _CORRUPT_MARKERS):
+            raise _corrupt(filename, 'torch could not read it', exc) from exc
+        raise
+
+
+def _hub_cache_dir() -> str:
+    """Where torch hub keeps downloaded checkpoints (``$TORCH_HOME/hub/checkpoints``)."""
+    return osp.join(torch.hub.get_dir(), 'checkpoints')
+
+
+def _download(url: str, cached: str, progress: bool) -> None:
+    """Download ``url`` to ``cached`` (torch hub's downloader: temporary file, then rename)."""
+    os.makedirs(osp.dirname(cached), exist_ok=True)
+    sys.stderr.write(f'Downloading: "{url}" to {cached}\n')
+    try:
+        torch.hub.download_url_to_file(url, cached, progress=progress)
+    except (urllib.error.URLError, OSError, ValueError) as exc:  # URLError/HTTPError/timeouts
+        reason = getattr(exc, 'reason', None) or exc
+        raise RemoteCheckpointError(
+            f'could not download checkpoint {url} ({type(exc).__name__}: {reason}). Without network '
+            'access, download it on another machine and point the config at the local file, e.g. '
+            f"`init_cfg=dict(type='Pretrained', checkpoint='/path/to/{osp.basename(cached)}')` or "
+            f"`load_from='/path/to/{osp.basename(cached)}'` (`--cfg-options load_from=...`), or copy it "
+            f'to {cached}, where it is looked up first (torch hub\'s cache: $TORCH_HOME/hub/checkpoints).'
+            ) from exc
+
+
+def load_remote_checkpoint(filename: str, map_location: Optional[Any] = None,
+                           model_dir: Optional[str] = None, progress: Optional[bool] = None,
+                           logger: Any = None) -> Any:
+    """Download a ``http(s)://`` checkpoint into torch hub's cache (once) and load it with
+    :func:`load_local_checkpoint` (``weights_only=True`` and the allow-list).
+
+    Args:
+        filename: the URL; the cached file is ``model_dir/<last path component>``.
+        map_location: as in :func:`torch.load`.
+        model_dir: cache folder; default ``<torch.hub.get_dir()>/checkpoints``, like torch hub.
+        progress: show a download progress bar; default: when stderr is a terminal.
+        logger: unused; part of mmengine's loader signature.
+
+    In a distributed run the local rank 0 process downloads while the others wait (as mmengine's
+    own http loader does).
+
+    Raises:
+        RemoteCheckpointError: the download failed (no network, HTTP error); the message says how to
+            use a local file instead.
+        CorruptCheckpointError / UnsafeCheckpointError: as :func:`load_local_checkpoint`; a corrupt
+            cached file must be deleted to download it again.
+    """
+    name = osp.basename(urlparse(filename).path)
+    if not name:
+        raise ValueError(f'checkpoint URL {filename!r} does not end in a file name')
+    cached = osp.join(model_dir or _hub_cache_dir(), name)
+    progress = sys.stderr.isatty() if progress is None else progress
+    dist = torch.distributed
+    distributed = dist.is_available() and dist.is_initialized() and dist.get_world_size() > 1
+    first = not distributed or int(os.environ.get('LOCAL_RANK', dist.get_rank() if distributed else 0)) == 0
+    error: Optional[BaseException] = None
+    if first and not osp.isfile(cached):
+        try:
+            _download(filename, cached, progress)
+        except RemoteCheckpointError as exc:
+            error = exc
+    if distributed:
+        dist.barrier()
+    if error is not None:
+        raise error
+    if not osp.isfile(cached):
+        raise RemoteCheckpointError(f'checkpoint {filename} was not downloaded to {cached} by the '
+                                    'first process of this node')
+    try:
+        return load_local_checkpoint(cached, map_location=map_location)
+    except CorruptCheckpointError as exc:
+        raise CorruptCheckpointError(f'{exc} (downloaded from {filename}: delete {cached} to download '
+                                     'it again)') from exc
+
+
+def atomic_write(data: bytes, filepath: str) -> None:
+    """Write ``data`` to ``filepath`` all or nothing: a temporary file in the same folder, flushed
+    to disk, then renamed over ``filepath`` (through a symlink to its target)."""
+    filepath = osp.realpath(filepath)
+    os.makedirs(osp.dirname(filepath), exist_ok=True)
+    tmp = f'{filepath}.tmp-{os.getpid()}'
+    try:
+        with open(tmp, 'wb') as f:
+            f.write(data)
+            f.flush()
+            os.fsync(f.fileno())
+        os.replace(tmp, filepath)
+    except BaseException:
+        if osp.exists(tmp):
+            os.remove(tmp)
+        raise
+
+
+@functools.lru_cache(maxsize=None)
+def atomic_backend() -> type:
+    """``AtomicLocalBackend``: mmengine's local file backend whose ``put`` / ``put_text`` write
+    all or nothing (:func:`atomic_write`); everything else is ``mmengine.fileio.LocalBackend``'s.
+    (Built on first use: it needs mmengine.)"""
+    from mmengine.fileio import LocalBackend
+
+    class AtomicLocalBackend(LocalBackend):
+        def put(self, obj: bytes, filepath) -> None:
+            atomic_write(obj, str(filepath))
+
+        def put_text(self, obj: str, filepath, encoding: str = 'utf-8') -> None:
+            atomic_write(obj.encode(encoding), str(filepath))
+
+    return AtomicLocalBackend
 
 
 def install() -> None:
-    """Allow-list the Runner checkpoint types and route mmengine's local loads through the safe loader.
+    """Allow-list the Runner checkpoint types, route mmengine's local and ``http(s)://`` loads
+    through the safe loaders and make its local file writes atomic (:func:`atomic_backend`).
 
-    Idempotent. Does nothing on torch < 2.4 (no ``add_safe_globals``); those versions load with
-    mmengine's own loader as before.
+    Idempotent. The loaders are not replaced on torch < 2.4 (no ``add_safe_globals``); those
+    versions load with mmengine's own loader as before.
     """
+    from mmengine.fileio import register_backend
+    register_backend('local', atomic_backend(), force=True, prefixes='')
     if not hasattr(torch.serialization, 'add_safe_globals'):
         return
     torch.serialization.add_safe_globals(safe_globals())
     from mmengine.runner.checkpoint import CheckpointLoader
     CheckpointLoader.register_scheme(prefixes='', loader=load_local_checkpoint, force=True)
+    CheckpointLoader.register_scheme(prefixes=('http://', 'https://'), loader=load_remote_checkpoint,
+                                     force=True)
 
 
 def read_checkpoint(checkpoint: Union[str, Mapping[str, Any]], map_location: Any = 'cpu') -> Any:
     """A loaded checkpoint: a mapping is returned as is, a local path is read with
-    :func:`load_local_checkpoint`, a URL (``scheme://...``) with mmengine's ``CheckpointLoader``."""
+    :func:`load_local_checkpoint`, a ``http(s)://`` URL with :func:`load_remote_checkpoint`, any
+    other URL (``scheme://...``) with mmengine's ``CheckpointLoader``."""
     if not isinstance(checkpoint, str):
         return checkpoint
     if '://' not in checkpoint:
         return load_local_checkpoint(checkpoint, map_location=map_location)
+    if checkpoint.startswith(('http://', 'https://')):
+        return load_remote_checkpoint(checkpoint, map_location=map_location)
     try:
         from mmengine.runner.checkpoint import CheckpointLoader
     except ImportError as exc:
