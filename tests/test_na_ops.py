@@ -494,11 +494,6 @@ def test_named_backend_runs_that_implementation(monkeypatch):
         na2d(q, k, v, 3, rpb=rpb, backend='native')
 
 
-def test_tiled_is_a_deprecated_alias(monkeypatch):
-    with pytest.warns(DeprecationWarning, match="'tiled' is deprecated; use 'native' .* or 'tiles'"):
-        assert resolve('tiled') == ('native' if HAS_CXX else 'tiles')
-    with pytest.warns(DeprecationWarning):
-        assert resolve('tiled', dropout_p=0.1) == 'tiles'
-    monkeypatch.setattr(native, 'library', lambda: None)
-    with pytest.warns(DeprecationWarning):
-        assert resolve('tiled') == 'tiles'
+def test_tiled_was_split_into_native_and_tiles():
+    with pytest.raises(ValueError, match="'tiled' was split into 'native' .* or 'tiles'"):
+        resolve('tiled')

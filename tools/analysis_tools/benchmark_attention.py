@@ -101,7 +101,7 @@ def build_case(method: str, resolution: int, kernel: int, batch: int, heads: int
     table = torch.randn(heads, 2 * kernel - 1, 2 * kernel - 1, device=device) * 0.02
     table.requires_grad_(True)
     with_rpb = qkv + [table] if rpb else qkv
-    backends = {'na-tiled': 'tiled', 'na-tiled-torch': 'tiled', 'na-gather': 'reference', 'na-flex': 'flex'}
+    backends = {'na-tiled': 'native', 'na-tiled-torch': 'tiles', 'na-gather': 'reference', 'na-flex': 'flex'}
     if method in backends:
         return (lambda q, k, v, r=None: na2d(q, k, v, kernel, rpb=r, backend=backends[method])), with_rpb
     if method == 'natten':
@@ -119,8 +119,6 @@ def build_case(method: str, resolution: int, kernel: int, batch: int, heads: int
 def run_case(method: str, resolution: int, kernel: int, mode: str, batch: int, heads: int, head_dim: int,
              rpb: bool, dtype: str, device: str, threads: int, repeats: int, max_seconds: float) -> dict:
     """One measurement (meant to run in a fresh interpreter via ``run_isolated``)."""
-    if method == 'na-tiled-torch':
-        os.environ['LOCALATTN_NA_NATIVE'] = '0'
     torch.set_num_threads(threads)
     torch.manual_seed(0)
 

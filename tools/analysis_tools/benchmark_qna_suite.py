@@ -126,7 +126,7 @@ def build_case(method: str, resolution: int, kernel: int, batch: int, heads: int
             randn(heads, kernel * kernel, std=0.02)]
     if method == 'na-tiled':
         inputs = [randn(*maps) for _ in range(3)] + [randn(heads, 2 * kernel - 1, 2 * kernel - 1, std=0.02)]
-        return (lambda q, k, v, b: na2d(q, k, v, kernel, rpb=b, backend='tiled')), inputs
+        return (lambda q, k, v, b: na2d(q, k, v, kernel, rpb=b, backend='native')), inputs
     raise ValueError(f'unknown method {method!r}, expected one of {QNA_METHODS}')
 
 

@@ -42,8 +42,8 @@ A backend requested by name runs exactly that implementation. When it cannot run
 on CUDA, without a compiler or with dropout; ``flex`` or ``triton`` with dropout; ``natten`` not
 installed or with rpb; ``triton`` without CUDA or triton...) the call raises ``ValueError`` (the
 arguments rule it out) or ``RuntimeError`` (the environment does), naming the backend, the reason and
-the backends that can run it. ``'tiled'``, the former name of native-else-tiles, still resolves like
-that with a ``DeprecationWarning``.
+the backends that can run it. ``'tiled'``, the former name of native-else-tiles, is refused with a
+message naming its two successors.
 """
 from __future__ import annotations
 
@@ -51,7 +51,6 @@ import functools
 import importlib
 import importlib.util
 import os
-import warnings
 from types import ModuleType
 from typing import Sequence, Union
 
@@ -66,7 +65,8 @@ from .indexing import AxisSpec
 
 BACKENDS = ('auto', 'reference', 'unrolled', 'native', 'tiles', 'flex', 'natten', 'triton')
 #: Former names ``{old: what to use instead}``, still accepted with a ``DeprecationWarning``.
-DEPRECATED_BACKENDS = {'tiled': "'native' (the compiled CPU kernel) or 'tiles' (pure-torch tiles)"}
+#: Former backend names and what replaced them (refused with this text: a name must mean one implementation).
+RENAMED_BACKENDS = {'tiled': "'native' (the compiled CPU kernel) or 'tiles' (pure-torch tiles)"}
 DTYPES = (torch.float16, torch.bfloat16, torch.float32, torch.float64)
 IntArg = Union[int, Sequence[int]]
 BoolArg = Union[bool, Sequence[bool]]
@@ -148,10 +148,19 @@ def _constant_under_compile(fn):
     return fn
 
 
+@functools.lru_cache(maxsize=None)
+def _module_exists(name: str) -> bool:
+    """``importlib.util.find_spec`` once per name: it searches the file system (~1 ms a call)."""
+    try:
+        return importlib.util.find_spec(name) is not None
+    except ImportError:
+        return False
+
+
 @_constant_under_compile
 def natten_available() -> bool:
     """Whether the optional ``natten`` package is importable."""
-    return importlib.util.find_spec('natten') is not None
+    return _module_exists('natten')
 
 
 @_constant_under_compile
@@ -163,10 +172,7 @@ def native_available() -> bool:
 @_constant_under_compile
 def flex_available() -> bool:
     """Whether this torch has FlexAttention (``torch.nn.attention.flex_attention``, torch >= 2.5)."""
-    try:
-        return importlib.util.find_spec('torch.nn.attention.flex_attention') is not None
-    except ImportError:
-        return False
+    return _module_exists('torch.nn.attention.flex_attention')
 
 
 @functools.lru_cache(maxsize=1)
@@ -238,10 +244,9 @@ def resolve_backend(backend: str, query: Tensor, rpb: Tensor | None, axes: tuple
         ValueError: ``backend`` is unknown, or the call's arguments rule it out.
         RuntimeError: the environment rules it out (no compiler, package not installed, no CUDA...).
     """
-    if backend in DEPRECATED_BACKENDS:
-        warnings.warn(f'backend={backend!r} is deprecated; use {DEPRECATED_BACKENDS[backend]}', DeprecationWarning,
-                      stacklevel=4)
-        return 'native' if _obstacle('native', query, rpb, axes, dropout_p) is None else 'tiles'
+    if backend in RENAMED_BACKENDS:
+        raise ValueError(f'backend={backend!r} was split into {RENAMED_BACKENDS[backend]}; '
+                         f'choose one of {BACKENDS}')
     if backend not in BACKENDS:
         raise ValueError(f'backend must be one of {BACKENDS}, got {backend!r}')
     if backend == 'auto':
