@@ -517,6 +517,7 @@ def test_full_size_presets_print_their_names(tmp_path, capsys, no_param_init):
     (lambda: DiNATs(arch=dict(SMALL_DINATS)), 'nat', "type='NAT' / 'DiNAT'"),
     (lambda: IsotropicNAT(arch=dict(SMALL_ISO)), 'dinats', "type='DiNATs'"),
     (lambda: DiNATs(arch=dict(SMALL_DINATS)), 'isotropic', "'IsotropicNAT' / 'IsotropicDiNAT'"),
+    (lambda: DiNAT(arch=dict(SMALL_LARGE)), 'dinats', "type='DiNATs'"),
 ])
 def test_checkpoint_of_another_layout_is_refused(target, source, match):
     make = tensor_maker('random')

@@ -28,11 +28,11 @@ from typing import Any, Mapping, Optional
 from torch import Tensor, nn
 
 from ..checkpoint import LoadReport, load_weights, unwrap_state_dict
+from .official import classifier_to_backbone
 
 __all__ = ['official_to_backbone', 'official_to_mmpretrain', 'load_nat_checkpoint', 'infer_arch']
 
 _LEVEL_RE = re.compile(r'^levels\.(\d+)\.')
-_NORM_RE = re.compile(r'^(norm\d+)\.')
 #: The arch keys :func:`infer_arch` reads off the weights (what a preset must match).
 ARCH_KEYS = ('embed_dims', 'depths', 'num_heads', 'mlp_ratio', 'kernel_size')
 
@@ -89,23 +89,13 @@ def official_to_backbone(state_dict: Mapping[str, Tensor], model_state: Mapping[
 
     Returns:
         the state dict under the backbone's names (shapes are matched by the caller).
+
+    Raises:
+        ValueError: the checkpoint has the DiNAT_s or isotropic layout (``layers.*``); the message
+            names the class to build (:func:`localattn.converters.official.classifier_to_backbone`,
+            which implements this mapping for every layout of the release).
     """
-    output_norms = sorted({m.group(1) for m in map(_NORM_RE.match, model_state) if m})
-    last_norm = f'norm{_num_levels(model_state) - 1}'
-    if last_norm not in output_norms or any(k.startswith(last_norm + '.') for k in state_dict):
-        last_norm = None  # not returned by the model, or the checkpoint has it under its own name
-    out: 'OrderedDict[str, Tensor]' = OrderedDict()
-    for key, value in state_dict.items():
-        if key.startswith(('head.', 'neck.')) or (key.startswith('norm.') and last_norm is None):
-            report.ignored.append(key)
-            continue
-        if key.startswith('norm.'):
-            report.renamed[key] = last_norm + key[len('norm'):]
-            key = report.renamed[key]
-        out[key] = value
-    present = {k.split('.')[0] for k in out}
-    report.new.extend(n for n in output_norms if n not in present)
-    return out
+    return classifier_to_backbone(state_dict, model_state, report, 'nat')
 
 
 def official_to_mmpretrain(state_dict: Mapping[str, Any]) -> 'OrderedDict[str, Tensor]':
