@@ -6,8 +6,10 @@ The flags are the ones users know from those libraries. Behaviour that differs b
 import argparse
 import os
 import os.path as osp
+import re
 import warnings
-from typing import List, Optional, Sequence
+import zipfile
+from typing import Optional, Sequence
 
 import torch
 from mmengine.config import Config, DictAction
@@ -80,7 +82,8 @@ def _adapt_to_device(cfg: Config) -> None:
         return
     wrapper = cfg.get('optim_wrapper')
     if wrapper is not None and wrapper.get('type') == 'AmpOptimWrapper':
-        warnings.warn('No CUDA device: replacing AmpOptimWrapper with OptimWrapper (fp32 training).')
+        warnings.warn('No CUDA device: replacing AmpOptimWrapper with OptimWrapper (fp32 training).',
+                      stacklevel=2)
         wrapper.type = 'OptimWrapper'
         wrapper.pop('loss_scale', None)
         wrapper.pop('dtype', None)
@@ -109,6 +112,81 @@ def _init_cpu_process_group(backend: str) -> None:
         dist.init_process_group(backend=backend)
 
 
+#: Checkpoints the CheckpointHook writes (``filename_tmpl`` defaults), and the temporary files of an
+#: atomic write (:func:`localattn.checkpoint.atomic_write`) that a killed process left behind.
+_CHECKPOINT_RE = re.compile(r'^(?:iter|epoch)_(\d+)\.pth$')
+_PARTIAL_RE = re.compile(r'^(?:iter|epoch)_\d+\.pth\.tmp-(\d+)$')
+
+
+def _complete(path: str) -> bool:
+    """Cheap check that a checkpoint file is whole: a readable zip directory (torch >= 1.6 format;
+    a truncated file has none) or a legacy pickle header."""
+    try:
+        with open(path, 'rb') as f:
+            head = f.read(4)
+        if head.startswith(b'PK'):
+            with zipfile.ZipFile(path) as archive:
+                return bool(archive.namelist())
+        return head[:1] == b'\x80'
+    except (OSError, zipfile.BadZipFile):
+        return False
+
+
+def _pid_alive(pid: int) -> bool:
+    try:
+        os.kill(pid, 0)
+    except ProcessLookupError:
+        return False
+    except PermissionError:
+        return True
+    return True
+
+
+def find_resume_checkpoint(work_dir: str) -> Optional[str]:
+    """The checkpoint ``--resume`` (without a path) continues from, or None to start afresh.
+
+    mmengine reads ``<work_dir>/last_checkpoint``. This also copes with a run that was killed at a bad
+    moment: when that file is missing, empty (killed while rewriting it) or names a file that is gone
+    or incomplete, the newest complete ``iter_*.pth`` / ``epoch_*.pth`` in the work dir is used, with a
+    warning. Temporary files of checkpoint writes that a killed process left (``iter_N.pth.tmp-PID``)
+    are removed.
+
+    Raises:
+        FileNotFoundError: ``last_checkpoint`` names a checkpoint but no complete one is left.
+    """
+    from mmengine.logging import print_log
+    if not osp.isdir(work_dir):
+        return None
+    for name in os.listdir(work_dir):
+        match = _PARTIAL_RE.match(name)
+        if match and not _pid_alive(int(match.group(1))):
+            os.remove(osp.join(work_dir, name))
+            print_log(f'Removed {name}: a checkpoint write that was interrupted (the process was '
+                      'killed while saving).', logger='current', level=30)
+    recorded = None
+    record = osp.join(work_dir, 'last_checkpoint')
+    if osp.isfile(record):
+        with open(record) as f:
+            recorded = f.read().strip()
+        if recorded and osp.isfile(recorded) and _complete(recorded):
+            return recorded
+    candidates = sorted(((int(m.group(1)), osp.join(work_dir, name)) for name in os.listdir(work_dir)
+                         for m in [_CHECKPOINT_RE.match(name)] if m), reverse=True)
+    for _, path in candidates:
+        if _complete(path):
+            if recorded is not None or osp.isfile(record):
+                print_log(f'--resume: {record} names {recorded or "nothing (empty file)"}, which is '
+                          f'missing or incomplete; resuming from {path}, the newest complete '
+                          'checkpoint.', logger='current', level=30)
+            return path
+    if recorded:
+        raise FileNotFoundError(
+            f'--resume: {record} names {recorded}, which is missing or incomplete, and {work_dir} '
+            'holds no other complete iter_*.pth / epoch_*.pth checkpoint. Pass one explicitly '
+            '(`--resume CHECKPOINT`) or train without --resume.')
+    return None
+
+
 def _build_runner(cfg: Config) -> Runner:
     if 'runner_type' in cfg:
         from mmengine.registry import RUNNERS
@@ -132,7 +210,7 @@ def train(argv: Optional[Sequence[str]] = None) -> Runner:
         cfg.auto_scale_lr.enable = True
     if args.resume == 'auto':
         cfg.resume = True
-        cfg.load_from = None
+        cfg.load_from = find_resume_checkpoint(cfg.work_dir)
     elif args.resume is not None:
         cfg.resume = True
         cfg.load_from = args.resume
