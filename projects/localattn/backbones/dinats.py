@@ -165,7 +165,7 @@ class DiNATs(HierarchicalBackbone):
     merging pads odd sides, so a side ``L`` gives ``ceil(L / 4)``, then ``ceil`` halves (511x383 ->
     128x96, 64x48, 32x24, 16x12): the same output sizes as :class:`~localattn.backbones.NAT`.
     **Small maps**: along an axis shorter than ``kernel_size * dilation`` (e.g. the COCO preset's
-    dilation 28 at stride 4 needs 784 px, Tiny's stage 4 at 224 px is 7 tokens), each query attends
+    dilation 28 at stride 4 needs a 784 px side, its dilation 3 at stride 32 a 672 px one), each query attends
     to all the tokens of its dilation group along that axis (kernel ``ceil(L / dilation)``, padding
     of less than ``dilation`` masked), as :class:`~localattn.layers.NeighborhoodAttention2d` does:
     no error, no zero keys, the dilation is not clamped. The official code zero-padded such maps to

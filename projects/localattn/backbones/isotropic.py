@@ -73,8 +73,8 @@ class IsotropicNAT(HierarchicalBackbone):
 
     Inputs of any size (the release's model only took 224x224): the image is padded on the
     right/bottom to a multiple of ``patch_size``. **Small maps**: along an axis shorter than
-    ``kernel_size * dilation`` (fewer than 7 tokens, i.e. under 97 px, or 14 tokens for the
-    dilated blocks), each query attends to all the tokens of its dilation group along that axis,
+    ``kernel_size * dilation`` tokens (sides under 97 px, or under 209 px for the blocks with
+    dilation 2), each query attends to all the tokens of its dilation group along that axis,
     as :class:`~localattn.layers.NeighborhoodAttention2d` does (no error, dilation not clamped).
 
     Weight decay: ``norm`` is in every LayerNorm's name and ``rpb`` in every bias table's.
