@@ -48,7 +48,7 @@ except ImportError:  # running from a source checkout
 from localattn.backbones import NAT, DiNAT, DiNATs, IsotropicNAT  # noqa: E402
 from localattn.checkpoint import load_local_checkpoint, unwrap_state_dict  # noqa: E402
 from localattn.converters import official  # noqa: E402
-from localattn.converters.nat import infer_arch, official_to_mmpretrain  # noqa: E402
+from localattn.converters.nat import infer_arch  # noqa: E402
 
 
 def parse_args(argv=None) -> argparse.Namespace:
@@ -109,7 +109,7 @@ def main(argv=None) -> dict:
     if layout is None:
         raise SystemExit(f'{args.src}: not a checkpoint of the NAT release (no levels.* / layers.* '
                          f'keys; first keys: {list(source)[:5]})')
-    state_dict = official_to_mmpretrain(source) if layout == 'nat' else official.to_mmpretrain(source)
+    state_dict = official.to_mmpretrain(source)
     if osp.dirname(args.dst):
         os.makedirs(osp.dirname(args.dst), exist_ok=True)
     torch.save({'state_dict': state_dict}, args.dst)

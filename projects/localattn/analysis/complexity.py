@@ -2,8 +2,8 @@
 
 mmengine's :class:`~mmengine.analysis.FlopAnalyzer` (fvcore's jit-trace counter) counts the ops a
 model *executes*. That is wrong for attention kernels whose implementation does extra work (the
-tiled CPU/pure-torch NA computes logits for a tile plus its halo, the reference NA gathers keys) or
-hides it (fused kernels and ``scaled_dot_product_attention`` are invisible to the tracer). The papers
+``tiles`` NA backend computes logits for a tile plus its halo, ``reference`` gathers keys) or hides
+it (compiled custom ops, fused kernels and ``scaled_dot_product_attention`` are not counted). The papers
 count attention analytically: one NA call costs ``2 * B * N * heads * head_dim * k^2`` multiply-adds
 (``N * k^2 * C`` for ``q . k`` plus the same for ``attn @ v``, ``C = heads * head_dim``, ``N`` = number
 of real tokens).

@@ -204,7 +204,7 @@ class HierarchicalBackbone(BaseModule):
                 raise ValueError("init_cfg type='Pretrained' needs a 'checkpoint' path")
             self.load_pretrained(cfg['checkpoint'], prefix=cfg.get('prefix'),
                                  map_location=cfg.get('map_location', 'cpu'))
-        self._is_init = True
+        self.is_init = True
 
     def load_pretrained(self, checkpoint: Union[str, dict], prefix: Optional[str] = None,
                         map_location: str = 'cpu') -> LoadReport:

@@ -28,7 +28,7 @@ from typing import Any, Mapping, Optional
 from torch import Tensor, nn
 
 from ..checkpoint import LoadReport, load_weights, unwrap_state_dict
-from .official import classifier_to_backbone
+from .official import classifier_to_backbone, detect_layout, to_mmpretrain
 
 __all__ = ['official_to_backbone', 'official_to_mmpretrain', 'load_nat_checkpoint', 'infer_arch']
 
@@ -99,25 +99,15 @@ def official_to_backbone(state_dict: Mapping[str, Tensor], model_state: Mapping[
 
 
 def official_to_mmpretrain(state_dict: Mapping[str, Any]) -> 'OrderedDict[str, Tensor]':
-    """Official classification checkpoint -> mmpretrain ``ImageClassifier`` state dict.
+    """Official NAT / DiNAT classification checkpoint -> mmpretrain ``ImageClassifier`` state dict.
 
     ``backbone.<same names>``, ``backbone.norm{L-1}.*`` from ``norm.*`` and ``head.fc.*`` from
-    ``head.*`` (``LinearClsHead``), for a backbone with ``out_indices=(L-1,)``.
+    ``head.*`` (``LinearClsHead``), for a backbone with ``out_indices=(L-1,)``: the ``'nat'`` layout
+    of :func:`localattn.converters.official.to_mmpretrain`, which serves every layout of the release.
     """
-    sd = unwrap_state_dict(state_dict)
-    last = _num_levels(sd) - 1
-    out: 'OrderedDict[str, Tensor]' = OrderedDict()
-    for key, value in sd.items():
-        if key.startswith('head.'):
-            out['head.fc.' + key[len('head.'):]] = value.clone()
-        elif key.startswith('norm.'):
-            out[f'backbone.norm{last}.' + key[len('norm.'):]] = value.clone()
-        else:
-            out['backbone.' + key] = value.clone()
-    for name in ('head.fc.weight', 'head.fc.bias', f'backbone.norm{last}.weight'):
-        if name not in out:
-            raise ValueError(f'not an official classification checkpoint: no {name} source key')
-    return out
+    if detect_layout(unwrap_state_dict(state_dict)) != 'nat':
+        raise ValueError('no `levels.{i}.*` keys: not a NAT/DiNAT checkpoint')
+    return to_mmpretrain(state_dict)
 
 
 def load_nat_checkpoint(model: nn.Module, checkpoint: Any, prefix: Optional[str] = None,
