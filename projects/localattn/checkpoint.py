@@ -54,7 +54,8 @@ from torch import Tensor, nn
 __all__ = ['UnsafeCheckpointError', 'CorruptCheckpointError', 'RemoteCheckpointError', 'safe_globals',
            'load_local_checkpoint', 'load_remote_checkpoint', 'atomic_backend', 'atomic_write',
            'install', 'read_checkpoint', 'unwrap_state_dict', 'resize_rpb', 'resize_bias_table',
-           'RELATIVE_TABLES', 'LoadReport', 'load_weights']
+           'RELATIVE_TABLES', 'LoadReport', 'load_weights', 'PartialLoadError', 'MIN_LOADED_FRACTION',
+           'compare_state_dicts']
 
 
 # ------------------------------------------------------------------------------------------------
@@ -509,6 +510,15 @@ def _listing(keys: Sequence[str], limit: int = 20) -> str:
     return ', '.join(keys[:limit]) + more
 
 
+def _percent(fraction: float) -> str:
+    """``fraction`` as a percentage that never reads 100.0% (or 0.0%) unless it is exactly that."""
+    if 0.999 < fraction < 1.0:
+        return '>99.9%'
+    if 0.0 < fraction < 0.001:
+        return '<0.1%'
+    return f'{fraction:.1%}'
+
+
 @dataclass
 class LoadReport:
     """What :func:`load_weights` did. Key lists use the model's names.
@@ -524,6 +534,8 @@ class LoadReport:
         ignored: checkpoint keys dropped on purpose (a classification head, keys outside ``prefix``).
         new: model modules that this checkpoint layout cannot hold (e.g. the output norms of a
             classification checkpoint), kept at their init and not counted as missing.
+        params_total: parameter values (elements) of the model, ``new`` modules excluded.
+        params_loaded: how many of them came from the checkpoint.
     """
     source: str = '<dict>'
     loaded: List[str] = field(default_factory=list)
@@ -534,17 +546,25 @@ class LoadReport:
     renamed: Dict[str, str] = field(default_factory=dict)
     ignored: List[str] = field(default_factory=list)
     new: List[str] = field(default_factory=list)
+    params_total: int = 0
+    params_loaded: int = 0
 
     @property
     def clean(self) -> bool:
         """No missing, unexpected or skipped keys."""
         return not (self.missing or self.unexpected or self.skipped)
 
+    @property
+    def fraction(self) -> float:
+        """Fraction of the model's parameter values loaded (1.0 for a model without parameters)."""
+        return self.params_loaded / self.params_total if self.params_total else 1.0
+
     def format(self) -> str:
         """A multi-line summary for the log."""
         renamed = [f'{a} -> {b}' for a, b in self.renamed.items()]
         return '\n'.join([
-            f'Loaded {len(self.loaded)} tensors from {self.source}:',
+            f'Loaded {len(self.loaded)} tensors from {self.source} ({_percent(self.fraction)} of the '
+            f'model\'s parameter values: {self.params_loaded:,} of {self.params_total:,}):',
             f'  missing (kept at init): {_listing(self.missing)}',
             f'  unexpected: {_listing(self.unexpected)}',
             f'  skipped (shape mismatch): {_listing(self.skipped)}',
@@ -560,10 +580,50 @@ Adapter = Callable[['OrderedDict[str, Tensor]', Mapping[str, Tensor], LoadReport
                    Mapping[str, Tensor]]
 
 
+#: A pretrained load that fills less than this fraction of a model's parameter values is refused
+#: (:class:`PartialLoadError`) unless a partial load is asked for explicitly.
+MIN_LOADED_FRACTION = 0.5
+
+
+class PartialLoadError(RuntimeError):
+    """A checkpoint matched too little of a model (see :data:`MIN_LOADED_FRACTION`)."""
+
+
+def _count_params(report: LoadReport, params: Mapping[str, int]) -> None:
+    """Fill ``params_total`` / ``params_loaded`` from ``{name: numel}`` of the model's parameters."""
+    new = tuple(name + '.' for name in report.new)
+    loaded = set(report.loaded)
+    counted = {k: n for k, n in params.items() if not k.startswith(new)}
+    report.params_total = sum(counted.values())
+    report.params_loaded = sum(n for k, n in counted.items() if k in loaded)
+
+
+def compare_state_dicts(own: Mapping[str, Tensor], state: Mapping[str, Tensor],
+                        params: Mapping[str, int], source: str = '<dict>') -> LoadReport:
+    """What loading ``state`` into a model with state dict ``own`` would do, by name and shape
+    (no renaming or resizing): a :class:`LoadReport` with loaded / missing / unexpected / skipped
+    keys and the parameter counts (``params``: ``{name: numel}`` of the model's parameters)."""
+    report = LoadReport(source=source)
+    for key, value in state.items():
+        target = own.get(key)
+        if target is None:
+            report.unexpected.append(key)
+        elif tuple(value.shape) != tuple(target.shape):
+            report.skipped.append(f'{key}: checkpoint {tuple(value.shape)} vs model '
+                                  f'{tuple(target.shape)}')
+        else:
+            report.loaded.append(key)
+    loaded = set(report.loaded)
+    report.missing = [k for k in own if k not in loaded]
+    _count_params(report, params)
+    return report
+
+
 def load_weights(model: nn.Module, checkpoint: Union[str, Mapping[str, Any]],
                  prefix: Optional[str] = None, adapt: Optional[Adapter] = None,
                  tables: Sequence[str] = RELATIVE_TABLES, mode: str = 'bicubic',
-                 strict: bool = False, map_location: Any = 'cpu') -> LoadReport:
+                 strict: bool = False, map_location: Any = 'cpu', min_fraction: float = 0.0,
+                 partial_hint: str = 'pass min_fraction=0 to allow it') -> LoadReport:
     """Load ``checkpoint`` into ``model`` and report what happened.
 
     Args:
@@ -577,9 +637,13 @@ def load_weights(model: nn.Module, checkpoint: Union[str, Mapping[str, Any]],
         mode: interpolation of the tables, ``'bicubic'`` or ``'bilinear'``.
         strict: raise ``RuntimeError`` (with the report) unless the report is clean.
         map_location: for reading a path.
+        min_fraction: raise :class:`PartialLoadError` (with the report) when less than this fraction
+            of the model's parameter values (``new`` modules excluded) was loaded; the model keeps
+            what was loaded.
+        partial_hint: how to allow a deliberately partial load, for that error.
 
     Returns:
-        the :class:`LoadReport`.
+        the :class:`LoadReport` (``fraction``: the share of parameter values loaded).
     """
     report = LoadReport(source=checkpoint if isinstance(checkpoint, str) else '<dict>')
     state, report.ignored = _select(read_checkpoint(checkpoint, map_location), prefix)
@@ -607,6 +671,15 @@ def load_weights(model: nn.Module, checkpoint: Union[str, Mapping[str, Any]],
     report.loaded = list(loadable)
     new = tuple(name + '.' for name in report.new)
     report.missing = [k for k in own if k not in loadable and not k.startswith(new)]
+    _count_params(report, {name: p.numel() for name, p in model.named_parameters()})
+    if report.fraction < min_fraction:
+        raise PartialLoadError(
+            f'{report.source} matches only {_percent(report.fraction)} of the parameter values of '
+            f'{type(model).__name__} (less than {min_fraction:.0%}): it is probably a checkpoint of '
+            'another architecture or size, or its keys sit under another prefix. Check the arch '
+            "(embed_dims, depths, heads) and the `prefix` ('backbone.' for a detector / segmentor / "
+            f'classifier checkpoint). If a partial load is what you want, {partial_hint}.\n'
+            + report.format())
     if strict and not report.clean:
         raise RuntimeError(f'checkpoint does not match {type(model).__name__} exactly:\n'
                            + report.format())

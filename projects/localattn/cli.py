@@ -187,11 +187,81 @@ def find_resume_checkpoint(work_dir: str) -> Optional[str]:
     return None
 
 
+def _strip_module(key: str) -> str:
+    while key.startswith('module.'):  # DDP wrappers, test-time-augmentation models
+        key = key[len('module.'):]
+    return key
+
+
+def check_checkpoint_coverage(model: torch.nn.Module, checkpoint: dict, source: str = '<checkpoint>',
+                              allow_partial: bool = False):
+    """Refuse a ``load_from`` / ``tools/test.py`` checkpoint that fills little of the model.
+
+    Compares, by name and shape as mmengine loads, the checkpoint with the model's backbone
+    (``backbone.*``; the whole model when it has none). Less than
+    :data:`~localattn.checkpoint.MIN_LOADED_FRACTION` of its parameter values matched: raises
+    :class:`~localattn.checkpoint.PartialLoadError` with the report and the fix, unless
+    ``allow_partial``; anything short of a full match is logged at WARNING with the fraction.
+
+    Returns:
+        the :class:`~localattn.checkpoint.LoadReport` (keys with the model's names).
+    """
+    from mmengine.logging import print_log
+
+    from .checkpoint import MIN_LOADED_FRACTION, PartialLoadError, _percent, compare_state_dicts
+    state = checkpoint.get('state_dict', checkpoint) if isinstance(checkpoint, dict) else {}
+    state = {_strip_module(k): v for k, v in state.items() if isinstance(v, torch.Tensor)}
+    own = {_strip_module(k): v for k, v in model.state_dict().items()}
+    params = {_strip_module(k): p.numel() for k, p in model.named_parameters()}
+    part = 'backbone.' if any(k.startswith('backbone.') for k in own) else ''
+
+    def pick(d: dict) -> dict:
+        return {k: v for k, v in d.items() if k.startswith(part)}
+
+    report = compare_state_dicts(pick(own), pick(state), pick(params), source=source)
+    what = 'backbone' if part else 'model'
+    if report.fraction < MIN_LOADED_FRACTION and not allow_partial:
+        hint = ''
+        if part and not pick(state) and any(f'{part}{k}' in own for k in state):
+            hint = (' Its keys have no `backbone.` prefix: it looks like a backbone-only checkpoint, which '
+                    "belongs in model.backbone.init_cfg=dict(type='Pretrained', checkpoint=...).")
+        raise PartialLoadError(
+            f'{source} matches only {_percent(report.fraction)} of the {what}\'s parameter values of '
+            f'{type(model).__name__} (less than {MIN_LOADED_FRACTION:.0%}): the {what} would run from its '
+            'initial weights. It is probably a checkpoint of another model, architecture or size.'
+            f'{hint} If a partial load is what you want, set `load_from_allow_partial = True` in the '
+            'config (`--cfg-options load_from_allow_partial=True`).\n' + report.format())
+    if not report.clean:
+        print_log(f'{source}: the {what} part matches partially:\n{report.format()}', logger='current',
+                  level=30)
+    return report
+
+
+def _coverage_hook(cfg: Config):
+    from mmengine.hooks import Hook
+    from mmengine.model import is_model_wrapper
+
+    class CheckpointCoverageHook(Hook):
+        """Runs :func:`check_checkpoint_coverage` on what the Runner loads (``load_from``,
+        ``tools/test.py CHECKPOINT``, ``--resume``)."""
+        priority = 'VERY_HIGH'
+
+        def after_load_checkpoint(self, runner, checkpoint: dict) -> None:
+            model = runner.model.module if is_model_wrapper(runner.model) else runner.model
+            check_checkpoint_coverage(model, checkpoint, source=str(cfg.get('load_from') or 'the checkpoint'),
+                                      allow_partial=bool(cfg.get('load_from_allow_partial', False)))
+
+    return CheckpointCoverageHook()
+
+
 def _build_runner(cfg: Config) -> Runner:
     if 'runner_type' in cfg:
         from mmengine.registry import RUNNERS
-        return RUNNERS.build(cfg)
-    return Runner.from_cfg(cfg)
+        runner = RUNNERS.build(cfg)
+    else:
+        runner = Runner.from_cfg(cfg)
+    runner.register_hook(_coverage_hook(cfg))
+    return runner
 
 
 def train(argv: Optional[Sequence[str]] = None) -> Runner:

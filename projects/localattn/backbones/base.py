@@ -17,7 +17,8 @@ network:
 * ``init_cfg``: the family's default init, then any ``init_cfg`` entries (a dict or a list);
   ``dict(type='Pretrained', checkpoint=..., prefix=...)`` loads through
   :func:`localattn.checkpoint.load_weights` (with the class's :attr:`adapt_checkpoint` layout
-  mapping) and logs the :class:`~localattn.checkpoint.LoadReport`.
+  mapping) and logs the :class:`~localattn.checkpoint.LoadReport`; a checkpoint that fills less
+  than half of the parameters raises unless the entry says ``allow_partial=True``.
 
 A new family sets ``arch_zoo`` / ``arch_required`` / ``arch_defaults``, overrides
 :meth:`check_arch` (family-specific validation), builds its stem and stages as ``self.<stem_name>``
@@ -37,7 +38,7 @@ from mmengine.logging import print_log
 from mmengine.model import BaseModule, initialize
 from torch import Tensor
 
-from ..checkpoint import Adapter, LoadReport, load_weights
+from ..checkpoint import MIN_LOADED_FRACTION, Adapter, LoadReport, load_weights
 
 __all__ = ['HierarchicalBackbone', 'checkpoint_blocks']
 
@@ -203,17 +204,27 @@ class HierarchicalBackbone(BaseModule):
             if 'checkpoint' not in cfg:
                 raise ValueError("init_cfg type='Pretrained' needs a 'checkpoint' path")
             self.load_pretrained(cfg['checkpoint'], prefix=cfg.get('prefix'),
-                                 map_location=cfg.get('map_location', 'cpu'))
+                                 map_location=cfg.get('map_location', 'cpu'),
+                                 allow_partial=cfg.get('allow_partial', False))
         self.is_init = True
 
     def load_pretrained(self, checkpoint: Union[str, dict], prefix: Optional[str] = None,
-                        map_location: str = 'cpu') -> LoadReport:
+                        map_location: str = 'cpu', allow_partial: bool = False) -> LoadReport:
         """Load a checkpoint (path, URL or loaded dict) and log the report; see
         :func:`localattn.checkpoint.load_weights` (``backbone.``/``module.`` prefixes stripped,
-        relative-position tables resized, other shape mismatches skipped)."""
+        relative-position tables resized, other shape mismatches skipped).
+
+        A checkpoint that fills less than half of the parameter values
+        (:data:`~localattn.checkpoint.MIN_LOADED_FRACTION`) raises
+        :class:`~localattn.checkpoint.PartialLoadError` unless ``allow_partial`` (``init_cfg``:
+        ``dict(type='Pretrained', checkpoint=..., allow_partial=True)``); any incomplete load is
+        logged at WARNING with the fraction loaded, a complete one at INFO."""
         adapt: Optional[Callable] = type(self).adapt_checkpoint
-        report = load_weights(self, checkpoint, prefix=prefix, adapt=adapt,
-                              map_location=map_location)
+        report = load_weights(
+            self, checkpoint, prefix=prefix, adapt=adapt, map_location=map_location,
+            min_fraction=0.0 if allow_partial else MIN_LOADED_FRACTION,
+            partial_hint="add allow_partial=True to the init_cfg entry: init_cfg=dict(type='Pretrained', "
+            'checkpoint=..., allow_partial=True)')
         print_log(f'{type(self).__name__}: {report.format()}', logger='current',
                   level=20 if report.clean else 30)
         return report
