@@ -497,3 +497,12 @@ def test_named_backend_runs_that_implementation(monkeypatch):
 def test_tiled_was_split_into_native_and_tiles():
     with pytest.raises(ValueError, match="'tiled' was split into 'native' .* or 'tiles'"):
         resolve('tiled')
+
+
+def test_auto_under_jit_trace_is_unrolled():
+    """``torch.jit.trace`` records plain ops (the custom CPU op cannot take traced sizes)."""
+    torch.manual_seed(0)
+    q, k, v = (torch.randn(1, 9, 9, 2, 8) for _ in range(3))
+    rpb = torch.randn(2, 5, 5)
+    traced = torch.jit.trace(lambda a, b, c: na2d(a, b, c, 3, rpb=rpb), (q, k, v), check_trace=False)
+    torch.testing.assert_close(traced(q, k, v), na2d(q, k, v, 3, rpb=rpb, backend='reference'))

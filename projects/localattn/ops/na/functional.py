@@ -21,7 +21,7 @@ the first row of this table that matches the call:
 ==========  =========  ==================  =======  ==================================================
 context     device     dtype               dropout  backend
 ==========  =========  ==================  =======  ==================================================
-export      any        any                 any      ``unrolled`` (``torch.export`` / ONNX export)
+export      any        any                 any      ``unrolled`` (``torch.export``, ONNX, ``torch.jit.trace``)
 compile     CPU        any                 0        ``native``; ``reference`` without the kernel
 compile     CPU        any                 > 0      ``reference``
 compile     not CPU    fp16 / bf16 / fp32  0        ``flex``
@@ -251,7 +251,7 @@ def resolve_backend(backend: str, query: Tensor, rpb: Tensor | None, axes: tuple
         raise ValueError(f'backend must be one of {BACKENDS}, got {backend!r}')
     if backend == 'auto':
         device, wide = query.device.type, query.dtype == torch.float64
-        if torch.compiler.is_exporting():  # torch.export / ONNX: plain indexing ops only
+        if torch.compiler.is_exporting() or torch.jit.is_tracing():  # export / ONNX / jit.trace: plain ops
             return 'unrolled'
         if torch.compiler.is_compiling():  # the tiles autograd Function does not trace: custom op or reference
             if device == 'cpu':
