@@ -3,9 +3,9 @@
 # Everything else (recipe, schedule, optimiser) as the NAT-Mini config.
 _base_ = '../nat/cascade-mask-rcnn_nat-mini_fpn_4conv1fc-giou_amp-ms-crop-3x_coco.py'
 
-# Official ImageNet-1K DiNAT-Mini checkpoint, as downloaded (local path, see README.md).
-#   --cfg-options model.backbone.init_cfg.checkpoint=PATH
-pretrained = 'checkpoints/dinat-mini_in1k.pth'
+# Official ImageNet-1K DiNAT-Mini checkpoint, loaded as is (see README.md). A local file:
+#   --cfg-options model.backbone.init_cfg.checkpoint=checkpoints/dinat_mini_in1k_224.pth
+pretrained = 'https://shi-labs.com/projects/dinat/checkpoints/imagenet1k/dinat_mini_in1k_224.pth'
 
 model = dict(
     backbone=dict(

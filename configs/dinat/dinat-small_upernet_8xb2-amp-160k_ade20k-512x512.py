@@ -3,9 +3,9 @@
 # Everything else (recipe, schedule, optimiser, TTA) as the NAT-Small config.
 _base_ = '../nat/nat-small_upernet_8xb2-amp-160k_ade20k-512x512.py'
 
-# Official ImageNet-1K DiNAT-Small checkpoint, as downloaded (local path, see README.md).
-#   --cfg-options model.backbone.init_cfg.checkpoint=PATH
-pretrained = 'checkpoints/dinat-small_in1k.pth'
+# Official ImageNet-1K DiNAT-Small checkpoint, loaded as is (see README.md). A local file:
+#   --cfg-options model.backbone.init_cfg.checkpoint=checkpoints/dinat_small_in1k_224.pth
+pretrained = 'https://shi-labs.com/projects/dinat/checkpoints/imagenet1k/dinat_small_in1k_224.pth'
 
 model = dict(
     backbone=dict(

@@ -3,9 +3,9 @@
 # Everything else (recipe, schedule, optimiser) as the NAT-Tiny config.
 _base_ = '../nat/mask-rcnn_nat-tiny_fpn_amp-ms-crop-3x_coco.py'
 
-# Official ImageNet-1K DiNAT-Tiny checkpoint, as downloaded (local path, see README.md).
-#   --cfg-options model.backbone.init_cfg.checkpoint=PATH
-pretrained = 'checkpoints/dinat-tiny_in1k.pth'
+# Official ImageNet-1K DiNAT-Tiny checkpoint, loaded as is (see README.md). A local file:
+#   --cfg-options model.backbone.init_cfg.checkpoint=checkpoints/dinat_tiny_in1k_224.pth
+pretrained = 'https://shi-labs.com/projects/dinat/checkpoints/imagenet1k/dinat_tiny_in1k_224.pth'
 
 model = dict(
     backbone=dict(

@@ -2,9 +2,9 @@
 # Everything else (recipe, schedule, optimiser) as the NAT-Tiny config.
 _base_ = './mask-rcnn_nat-tiny_fpn_1x_coco.py'
 
-# Official ImageNet-1K NAT-Mini checkpoint, as downloaded (local path, see README.md).
-#   --cfg-options model.backbone.init_cfg.checkpoint=PATH
-pretrained = 'checkpoints/nat-mini_in1k.pth'
+# Official ImageNet-1K NAT-Mini checkpoint, loaded as is (see README.md). A local file:
+#   --cfg-options model.backbone.init_cfg.checkpoint=checkpoints/nat_mini.pth
+pretrained = 'https://shi-labs.com/projects/nat/checkpoints/CLS/nat_mini.pth'
 
 model = dict(
     backbone=dict(

@@ -2,9 +2,9 @@
 # Everything else (recipe, schedule, optimiser, TTA) as the NAT-Tiny config.
 _base_ = './nat-tiny_upernet_8xb2-amp-160k_ade20k-512x512.py'
 
-# Official ImageNet-1K NAT-Small checkpoint, as downloaded (local path, see README.md).
-#   --cfg-options model.backbone.init_cfg.checkpoint=PATH
-pretrained = 'checkpoints/nat-small_in1k.pth'
+# Official ImageNet-1K NAT-Small checkpoint, loaded as is (see README.md). A local file:
+#   --cfg-options model.backbone.init_cfg.checkpoint=checkpoints/nat_small.pth
+pretrained = 'https://shi-labs.com/projects/nat/checkpoints/CLS/nat_small.pth'
 
 model = dict(
     backbone=dict(

@@ -11,10 +11,11 @@ _base_ = [
 
 custom_imports = dict(imports=['localattn'], allow_failed_imports=False)
 
-# Official ImageNet-1K NAT-Tiny checkpoint, as downloaded (local path; no conversion needed for
-# segmentation, see configs/nat/README.md). Change it here or on the command line with
-#   --cfg-options model.backbone.init_cfg.checkpoint=PATH
-pretrained = 'checkpoints/nat-tiny_in1k.pth'
+# Official ImageNet-1K NAT-Tiny checkpoint, loaded as is (downloaded once into torch hub's
+# cache; no conversion needed for segmentation, see configs/nat/README.md). To use a local
+# file instead:
+#   --cfg-options model.backbone.init_cfg.checkpoint=checkpoints/nat_tiny.pth
+pretrained = 'https://shi-labs.com/projects/nat/checkpoints/CLS/nat_tiny.pth'
 
 model = dict(
     backbone=dict(

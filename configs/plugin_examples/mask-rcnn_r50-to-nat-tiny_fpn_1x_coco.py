@@ -12,8 +12,9 @@ _base_ = 'mmdet::mask_rcnn/mask-rcnn_r50_fpn_1x_coco.py'
 
 custom_imports = dict(imports=['localattn'], allow_failed_imports=False)
 
-# Official NAT-Tiny ImageNet-1K checkpoint (local path; loads as downloaded).
-pretrained = 'checkpoints/nat-tiny_in1k.pth'
+# Official ImageNet-1K NAT-Tiny checkpoint, loaded as is (see README.md). A local file:
+#   --cfg-options model.backbone.init_cfg.checkpoint=checkpoints/nat_tiny.pth
+pretrained = 'https://shi-labs.com/projects/nat/checkpoints/CLS/nat_tiny.pth'
 
 model = dict(
     backbone=dict(

@@ -15,8 +15,9 @@ _base_ = 'mmseg::upernet/upernet_r50_4xb4-160k_ade20k-512x512.py'
 
 custom_imports = dict(imports=['localattn'], allow_failed_imports=False)
 
-# Official NAT-Tiny ImageNet-1K checkpoint (local path; loads as downloaded).
-pretrained = 'checkpoints/nat-tiny_in1k.pth'
+# Official ImageNet-1K NAT-Tiny checkpoint, loaded as is (see README.md). A local file:
+#   --cfg-options model.backbone.init_cfg.checkpoint=checkpoints/nat_tiny.pth
+pretrained = 'https://shi-labs.com/projects/nat/checkpoints/CLS/nat_tiny.pth'
 
 model = dict(
     pretrained=None,
