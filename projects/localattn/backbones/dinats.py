@@ -1,6 +1,7 @@
 """DiNAT_s: Swin's skeleton with neighbourhood attention (Hassani & Shi, DiNAT paper, "DiNAT_s").
 
-One readable file: arch tables, dilation presets, patch embedding, patch merging, stage and backbone.
+One readable file: arch tables, dilation presets, patch embedding, patch merging and backbone (its
+stages are :class:`~localattn.backbones.nat.NATLevel`s ending with the patch merging).
 Swin's window self-attention is replaced by NA (even blocks of every stage, dilation 1) and its
 shifted-window attention by dilated NA (odd blocks); everything else is Swin's: a 4x4 stride-4 patch
 embedding, patch merging between stages, mlp ratio 4, no layer scale.
@@ -13,19 +14,16 @@ Data flow is channels-last ``[B, H, W, C]`` inside the network; the outputs are 
 """
 from __future__ import annotations
 
-from typing import Dict, List, Optional, Sequence, Tuple, Union
+from typing import Dict, List, Optional, Sequence, Union
 
 import torch
 import torch.nn as nn
 import torch.nn.functional as F
 from mmcv.cnn import build_norm_layer
-from mmengine.model.weight_init import constant_init, trunc_normal_, trunc_normal_init
 from torch import Tensor
 
 from ..converters.official import dinats_to_backbone
-from ..layers import NeighborhoodAttention2d
-from .base import HierarchicalBackbone, checkpoint_blocks
-from .nat import NATBlock, resolve_dilations
+from .nat import PyramidNA, build_levels, resolve_dilations
 
 __all__ = ['DiNATs', 'DINATS_ARCHS', 'DINATS_DILATIONS']
 
@@ -97,31 +95,7 @@ class PatchMerging(nn.Module):
         return self.reduction(self.norm(x))
 
 
-class DiNATsLayer(nn.Module):
-    """A stage: NA / DiNA blocks (:class:`~localattn.backbones.nat.NATBlock`, no layer scale), then
-    the optional :class:`PatchMerging`.
-
-    Returns ``(features before the merging, input of the next stage)``.
-    """
-
-    def __init__(self, embed_dims: int, depth: int, num_heads: int, kernel_size: int,
-                 dilations: Sequence[int], drop_path: Sequence[float], downsample: bool,
-                 norm_cfg: dict, with_cp: bool = False, **block_kwargs) -> None:
-        super().__init__()
-        self.with_cp = with_cp
-        self.blocks = nn.ModuleList([
-            NATBlock(embed_dims, num_heads, kernel_size, dilation=dilations[j],
-                     drop_path=drop_path[j], norm_cfg=norm_cfg, **block_kwargs)
-            for j in range(depth)
-        ])
-        self.downsample = PatchMerging(embed_dims, norm_cfg) if downsample else None
-
-    def forward(self, x: Tensor) -> Tuple[Tensor, Tensor]:
-        x = checkpoint_blocks(self.blocks, x, with_cp=self.with_cp)
-        return x, (self.downsample(x) if self.downsample is not None else x)
-
-
-class DiNATs(HierarchicalBackbone):
+class DiNATs(PyramidNA):
     """DiNAT_s backbone: Swin with NA and dilated NA (`DiNAT <https://arxiv.org/abs/2209.15001>`_).
 
     Patch embedding (4x4 stride-4 conv + LN) -> 4 stages of pre-norm blocks alternating NA (even
@@ -181,6 +155,7 @@ class DiNATs(HierarchicalBackbone):
     stem_name = 'patch_embed'
     stages_name = 'layers'
     adapt_checkpoint = staticmethod(dinats_to_backbone)
+    stage_word = 'stage'
 
     def __init__(self, arch: Union[str, dict] = 'tiny',
                  dilations: Union[str, Sequence[Sequence[int]]] = 'imagenet', in_channels: int = 3,
@@ -190,56 +165,14 @@ class DiNATs(HierarchicalBackbone):
                  norm_cfg: dict = dict(type='LN'), with_cp: bool = False,
                  init_cfg: Optional[dict] = None) -> None:
         spec = self.resolve_arch(arch, kernel_size=kernel_size, drop_path_rate=drop_path_rate)
-        super().__init__(spec, [spec['embed_dims'] * 2**i for i in range(len(spec['depths']))],
-                         out_indices, frozen_stages, with_cp, init_cfg)
-        self.embed_dims = spec['embed_dims']
-        self.depths = spec['depths']
-        self.num_heads = spec['num_heads']
-        self.kernel_size = spec['kernel_size']
+        super().__init__(spec, out_indices, frozen_stages, with_cp, init_cfg)
         self.dilations = resolve_dilations(dilations, self.depths, DINATS_DILATIONS)
 
         self.patch_embed = PatchEmbed(in_channels, self.embed_dims, 4, norm_cfg)
-        dpr = torch.linspace(0, spec['drop_path_rate'], sum(self.depths)).tolist()
-        self.layers = nn.ModuleList()
-        start = 0
-        for i, depth in enumerate(self.depths):
-            self.layers.append(DiNATsLayer(
-                self.num_features[i], depth, self.num_heads[i], self.kernel_size,
-                dilations=self.dilations[i], drop_path=dpr[start:start + depth],
-                downsample=i < self.num_stages - 1, norm_cfg=norm_cfg, with_cp=self.with_cp,
-                mlp_ratio=spec['mlp_ratio'], qkv_bias=qkv_bias, drop=drop_rate,
-                attn_drop=attn_drop_rate))
-            start += depth
+        # Stages are NAT's levels (NATBlocks, no layer scale) ending with PatchMerging.
+        self.layers = build_levels(
+            self.num_features, self.depths, self.num_heads, self.kernel_size, self.dilations,
+            spec['drop_path_rate'], PatchMerging, norm_cfg, self.with_cp,
+            mlp_ratio=spec['mlp_ratio'], qkv_bias=qkv_bias, drop=drop_rate,
+            attn_drop=attn_drop_rate)
         self.add_output_norms(norm_cfg)
-
-    @classmethod
-    def check_arch(cls, spec: dict) -> dict:
-        spec['depths'], spec['num_heads'] = tuple(spec['depths']), tuple(spec['num_heads'])
-        depths, heads = spec['depths'], spec['num_heads']
-        if not depths or len(depths) != len(heads):
-            raise ValueError(f'arch depths {depths} and num_heads {heads} must be non-empty and of '
-                             'equal length')
-        if any(isinstance(d, bool) or not isinstance(d, int) or d < 1 for d in depths):
-            raise ValueError(f'arch depths must be positive ints, got {depths}')
-        widths = [spec['embed_dims'] * 2**i for i in range(len(depths))]
-        if any(h < 1 or c % h for c, h in zip(widths, heads)):
-            raise ValueError(f'num_heads {heads} must divide the stage widths {widths}')
-        k = spec['kernel_size']
-        if isinstance(k, bool) or not isinstance(k, int) or k < 1:
-            raise ValueError(f'kernel_size must be a positive int, got {k!r}')
-        return spec
-
-    def default_init(self) -> None:
-        """The release's init: truncated normal (std 0.02) for linears and RPB tables, LN to
-        (1, 0); the patch-embedding conv keeps PyTorch's default."""
-        for module in self.modules():
-            if isinstance(module, nn.Linear):
-                trunc_normal_init(module, std=.02, bias=0.)
-            elif isinstance(module, nn.LayerNorm):
-                constant_init(module, val=1., bias=0.)
-            elif isinstance(module, NeighborhoodAttention2d) and module.rpb is not None:
-                trunc_normal_(module.rpb, std=.02)
-
-    def extra_repr(self) -> str:
-        return (f'embed_dims={self.embed_dims}, depths={self.depths}, num_heads={self.num_heads}, '
-                f'kernel_size={self.kernel_size}, out_indices={self.out_indices}')

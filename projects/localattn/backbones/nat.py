@@ -9,7 +9,7 @@ Data flow is channels-last ``[B, H, W, C]`` inside the network; the outputs are 
 """
 from __future__ import annotations
 
-from typing import Dict, List, Optional, Sequence, Tuple, Union
+from typing import Callable, Dict, List, Optional, Sequence, Tuple, Union
 
 import torch
 import torch.nn as nn
@@ -139,14 +139,16 @@ class NATBlock(nn.Module):
 
 
 class NATLevel(nn.Module):
-    """A stage: ``blocks`` then the optional ``downsample``.
+    """A stage: ``blocks`` then the optional ``downsample``, built as ``downsample(embed_dims, norm_cfg)``
+    (NAT's :class:`ConvDownsampler`, DiNAT_s's patch merging; None: no downsampler).
 
     Returns ``(features before the downsampler, input of the next level)``.
     """
 
     def __init__(self, embed_dims: int, depth: int, num_heads: int, kernel_size: int,
-                 dilations: Sequence[int], drop_path: Sequence[float], downsample: bool,
-                 norm_cfg: dict, with_cp: bool = False, **block_kwargs) -> None:
+                 dilations: Sequence[int], drop_path: Sequence[float],
+                 downsample: Optional[Callable[[int, dict], nn.Module]], norm_cfg: dict,
+                 with_cp: bool = False, **block_kwargs) -> None:
         super().__init__()
         self.with_cp = with_cp
         self.blocks = nn.ModuleList([
@@ -154,14 +156,95 @@ class NATLevel(nn.Module):
                      drop_path=drop_path[j], norm_cfg=norm_cfg, **block_kwargs)
             for j in range(depth)
         ])
-        self.downsample = ConvDownsampler(embed_dims, norm_cfg) if downsample else None
+        self.downsample = downsample(embed_dims, norm_cfg) if downsample is not None else None
 
     def forward(self, x: Tensor) -> Tuple[Tensor, Tensor]:
         x = checkpoint_blocks(self.blocks, x, with_cp=self.with_cp)
         return x, (self.downsample(x) if self.downsample is not None else x)
 
 
-class NAT(HierarchicalBackbone):
+def build_levels(widths: Sequence[int], depths: Sequence[int], num_heads: Sequence[int],
+                 kernel_size: int, dilations: Sequence[Sequence[int]], drop_path_rate: float,
+                 downsample: Callable[[int, dict], nn.Module], norm_cfg: dict, with_cp: bool,
+                 **block_kwargs) -> nn.ModuleList:
+    """One :class:`NATLevel` per entry of ``depths``, every one but the last ending with
+    ``downsample``; stochastic depth increases linearly from 0 to ``drop_path_rate`` over all the
+    blocks. ``block_kwargs`` go to every :class:`NATBlock`."""
+    dpr = torch.linspace(0, drop_path_rate, sum(depths)).tolist()
+    levels = nn.ModuleList()
+    start = 0
+    for i, depth in enumerate(depths):
+        levels.append(NATLevel(
+            widths[i], depth, num_heads[i], kernel_size, dilations=dilations[i],
+            drop_path=dpr[start:start + depth],
+            downsample=downsample if i < len(depths) - 1 else None, norm_cfg=norm_cfg,
+            with_cp=with_cp, **block_kwargs))
+        start += depth
+    return levels
+
+
+def release_init(model: nn.Module) -> None:
+    """The official releases' init of an NA backbone: truncated normal (std 0.02) for linears and
+    RPB tables, LN to (1, 0), layer-scale vectors to ``layer_scale``; convolutions keep PyTorch's
+    default."""
+    for module in model.modules():
+        if isinstance(module, nn.Linear):
+            trunc_normal_init(module, std=.02, bias=0.)
+        elif isinstance(module, nn.LayerNorm):
+            constant_init(module, val=1., bias=0.)
+        elif isinstance(module, NeighborhoodAttention2d) and module.rpb is not None:
+            trunc_normal_(module.rpb, std=.02)
+        elif isinstance(module, NATBlock) and module.layer_scale:
+            nn.init.constant_(module.gamma1, module.layer_scale)
+            nn.init.constant_(module.gamma2, module.layer_scale)
+
+
+class PyramidNA(HierarchicalBackbone):
+    """What :class:`NAT` / :class:`DiNAT` and :class:`~localattn.backbones.dinats.DiNATs` share: an
+    arch of ``embed_dims``, ``depths``, ``num_heads``, ``kernel_size`` whose stage widths double at
+    every stage, its checks, the release's init and the repr. Subclasses build the stem and stages."""
+
+    #: How the error messages name the stages.
+    stage_word = 'level'
+
+    def __init__(self, spec: dict, out_indices: Sequence[int], frozen_stages: int, with_cp: bool,
+                 init_cfg: Optional[dict]) -> None:
+        super().__init__(spec, [spec['embed_dims'] * 2**i for i in range(len(spec['depths']))],
+                         out_indices, frozen_stages, with_cp, init_cfg)
+        self.embed_dims = spec['embed_dims']
+        self.depths = spec['depths']
+        self.num_heads = spec['num_heads']
+        self.kernel_size = spec['kernel_size']
+
+    @classmethod
+    def check_arch(cls, spec: dict) -> dict:
+        spec['depths'], spec['num_heads'] = tuple(spec['depths']), tuple(spec['num_heads'])
+        depths, heads = spec['depths'], spec['num_heads']
+        if not depths or len(depths) != len(heads):
+            raise ValueError(f'arch depths {depths} and num_heads {heads} must be non-empty and of '
+                             'equal length')
+        if any(isinstance(d, bool) or not isinstance(d, int) or d < 1 for d in depths):
+            raise ValueError(f'arch depths must be positive ints, got {depths}')
+        widths = [spec['embed_dims'] * 2**i for i in range(len(depths))]
+        if any(h < 1 or c % h for c, h in zip(widths, heads)):
+            raise ValueError(f'num_heads {heads} must divide the {cls.stage_word} widths {widths}')
+        k = spec['kernel_size']
+        if isinstance(k, bool) or not isinstance(k, int) or k < 1:
+            raise ValueError(f'kernel_size must be a positive int, got {k!r}')
+        return spec
+
+    def default_init(self) -> None:
+        """Official init (:func:`release_init`): truncated normal (std 0.02) for linears and RPB
+        tables, LN to (1, 0), layer-scale vectors to ``layer_scale``; convolutions keep PyTorch's
+        default."""
+        release_init(self)
+
+    def extra_repr(self) -> str:
+        return (f'embed_dims={self.embed_dims}, depths={self.depths}, num_heads={self.num_heads}, '
+                f'kernel_size={self.kernel_size}, out_indices={self.out_indices}')
+
+
+class NAT(PyramidNA):
     """Neighborhood Attention Transformer backbone (`NAT <https://arxiv.org/abs/2204.07143>`_).
 
     Tokenizer (two 3x3 s2 convs + LN, stride 4) -> 4 levels of pre-norm NA blocks, each level but the
@@ -231,43 +314,20 @@ class NAT(HierarchicalBackbone):
             raise TypeError(f'{type(self).__name__} got unexpected arguments {sorted(kwargs)}')
         spec = self.resolve_arch(arch, kernel_size=kernel_size, drop_path_rate=drop_path_rate,
                                  layer_scale=layer_scale)
-        super().__init__(spec, [spec['embed_dims'] * 2**i for i in range(len(spec['depths']))],
-                         out_indices, frozen_stages, with_cp, init_cfg)
-        self.embed_dims = spec['embed_dims']
-        self.depths = spec['depths']
-        self.num_heads = spec['num_heads']
-        self.kernel_size = spec['kernel_size']
+        super().__init__(spec, out_indices, frozen_stages, with_cp, init_cfg)
         self.dilations = self._resolve_dilations(dilations)
 
         self.patch_embed = ConvTokenizer(in_channels, self.embed_dims, norm_cfg)
-        dpr = torch.linspace(0, spec['drop_path_rate'], sum(self.depths)).tolist()
-        self.levels = nn.ModuleList()
-        start = 0
-        for i, depth in enumerate(self.depths):
-            self.levels.append(NATLevel(
-                self.num_features[i], depth, self.num_heads[i], self.kernel_size,
-                dilations=self.dilations[i], drop_path=dpr[start:start + depth],
-                downsample=i < self.num_stages - 1, norm_cfg=norm_cfg, with_cp=self.with_cp,
-                mlp_ratio=spec['mlp_ratio'], qkv_bias=qkv_bias, drop=drop_rate,
-                attn_drop=attn_drop_rate, layer_scale=spec['layer_scale']))
-            start += depth
+        self.levels = build_levels(
+            self.num_features, self.depths, self.num_heads, self.kernel_size, self.dilations,
+            spec['drop_path_rate'], ConvDownsampler, norm_cfg, self.with_cp,
+            mlp_ratio=spec['mlp_ratio'], qkv_bias=qkv_bias, drop=drop_rate,
+            attn_drop=attn_drop_rate, layer_scale=spec['layer_scale'])
         self.add_output_norms(norm_cfg)
 
     @classmethod
     def check_arch(cls, spec: dict) -> dict:
-        spec['depths'], spec['num_heads'] = tuple(spec['depths']), tuple(spec['num_heads'])
-        depths, heads = spec['depths'], spec['num_heads']
-        if not depths or len(depths) != len(heads):
-            raise ValueError(f'arch depths {depths} and num_heads {heads} must be non-empty and of '
-                             'equal length')
-        if any(isinstance(d, bool) or not isinstance(d, int) or d < 1 for d in depths):
-            raise ValueError(f'arch depths must be positive ints, got {depths}')
-        widths = [spec['embed_dims'] * 2**i for i in range(len(depths))]
-        if any(h < 1 or c % h for c, h in zip(widths, heads)):
-            raise ValueError(f'num_heads {heads} must divide the level widths {widths}')
-        k = spec['kernel_size']
-        if isinstance(k, bool) or not isinstance(k, int) or k < 1:
-            raise ValueError(f'kernel_size must be a positive int, got {k!r}')
+        spec = super().check_arch(spec)
         spec['layer_scale'] = float(spec['layer_scale']) if spec['layer_scale'] else None
         return spec
 
@@ -275,24 +335,6 @@ class NAT(HierarchicalBackbone):
         if dilations is not None:
             raise TypeError('NAT has no dilations; use DiNAT')
         return [[1] * d for d in self.depths]
-
-    def default_init(self) -> None:
-        """Official init: truncated normal (std 0.02) for linears and RPB tables, LN to (1, 0),
-        layer-scale vectors to ``layer_scale``."""
-        for module in self.modules():
-            if isinstance(module, nn.Linear):
-                trunc_normal_init(module, std=.02, bias=0.)
-            elif isinstance(module, nn.LayerNorm):
-                constant_init(module, val=1., bias=0.)
-            elif isinstance(module, NeighborhoodAttention2d) and module.rpb is not None:
-                trunc_normal_(module.rpb, std=.02)
-            elif isinstance(module, NATBlock) and module.layer_scale:
-                nn.init.constant_(module.gamma1, module.layer_scale)
-                nn.init.constant_(module.gamma2, module.layer_scale)
-
-    def extra_repr(self) -> str:
-        return (f'embed_dims={self.embed_dims}, depths={self.depths}, num_heads={self.num_heads}, '
-                f'kernel_size={self.kernel_size}, out_indices={self.out_indices}')
 
 
 def resolve_dilations(dilations: Union[str, Sequence[Sequence[int]]], depths: Sequence[int],
