@@ -42,9 +42,21 @@ def neighbour_table(axes: tuple[AxisSpec, ...]) -> tuple[Tensor, Tensor, Tensor]
     return torch.where(valid, index, 0), valid, torch.where(valid, rel, 0)
 
 
+def masked_softmax(logits: Tensor, valid: Tensor, compute: torch.dtype, dropout_p: float) -> Tensor:
+    """Softmax over the last axis of ``logits`` (of dtype ``compute``) restricted to the ``valid``
+    slots, with dropout ``dropout_p`` on the weights; rows without a valid slot get zeros."""
+    logits = logits.masked_fill(~valid, torch.finfo(compute).min)
+    attn = logits.softmax(-1) * valid  # zero rows for queries without keys
+    if dropout_p > 0:
+        attn = F.dropout(attn, dropout_p)
+    return attn
+
+
 def na_reference(query: Tensor, key: Tensor, value: Tensor, axes: tuple[AxisSpec, ...],
                  rpb: Tensor | None, scale: float, dropout_p: float = 0.0) -> Tensor:
     """Neighbourhood attention by gathering every query's neighbours.
+
+    The arguments and result below are the contract of every backend (``unrolled``, ``tiles``, ...).
 
     Args:
         query, key, value: ``[B, *spatial, heads, head_dim]``.
@@ -66,9 +78,6 @@ def na_reference(query: Tensor, key: Tensor, value: Tensor, axes: tuple[AxisSpec
     logits = torch.einsum('bnhc,bnmhc->bhnm', q, k) * scale
     if rpb is not None:
         logits = logits + rpb.reshape(h, -1).to(compute)[:, rel]
-    logits = logits.masked_fill(~valid, torch.finfo(compute).min)
-    attn = logits.softmax(-1) * valid  # zero rows for queries without keys
-    if dropout_p > 0:
-        attn = F.dropout(attn, dropout_p)
+    attn = masked_softmax(logits, valid, compute, dropout_p)
     out = torch.einsum('bhnm,bnmhc->bnhc', attn, v)
     return out.to(query.dtype).reshape(query.shape)

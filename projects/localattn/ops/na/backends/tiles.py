@@ -201,16 +201,8 @@ def na_tiles(query: Tensor, key: Tensor, value: Tensor, axes: tuple[AxisSpec, ..
              tiles: tuple[int, ...] | None = None) -> Tensor:
     """Neighbourhood attention by query tiles and key halos.
 
-    Args:
-        query, key, value: ``[B, *spatial, heads, head_dim]``.
-        axes: one :class:`AxisSpec` per spatial axis.
-        rpb: ``[heads, 2k_1 - 1, ..., 2k_n - 1]`` or ``None``.
-        scale: logit scale.
-        dropout_p: dropout probability on the attention weights.
-        tiles: tile edge per axis (multiples of the strides); default :func:`default_tiles`.
-
-    Returns:
-        ``[B, *spatial, heads, head_dim]``; queries without any valid key get zeros.
+    Arguments and result as :func:`~.reference.na_reference`, plus ``tiles``: the tile edge per
+    axis (multiples of the strides); default :func:`default_tiles`.
     """
     h = query.shape[-2]
     tiles = default_tiles(axes) if tiles is None else tiles

@@ -17,10 +17,10 @@ import itertools
 import math
 
 import torch
-import torch.nn.functional as F
 from torch import Tensor
 
 from ..indexing import AxisSpec, axis_windows
+from .reference import masked_softmax
 
 
 def _axis_tables(ax: AxisSpec, device: torch.device) -> tuple[Tensor, Tensor, Tensor]:
@@ -37,15 +37,7 @@ def na_unrolled(query: Tensor, key: Tensor, value: Tensor, axes: tuple[AxisSpec,
                 scale: float, dropout_p: float = 0.0) -> Tensor:
     """Neighbourhood attention with per-offset gathers (see the module docstring).
 
-    Args:
-        query, key, value: ``[B, *spatial, heads, head_dim]``.
-        axes: one :class:`AxisSpec` per spatial axis.
-        rpb: ``[heads, 2k_1 - 1, ..., 2k_n - 1]`` or ``None``.
-        scale: logit scale.
-        dropout_p: dropout probability on the attention weights.
-
-    Returns:
-        ``[B, *spatial, heads, head_dim]``; queries without any valid key get zeros.
+    Arguments and result as :func:`~.reference.na_reference` (the contract of every backend).
     """
     n = len(axes)
     b, h, c = query.shape[0], query.shape[-2], query.shape[-1]
@@ -86,10 +78,7 @@ def na_unrolled(query: Tensor, key: Tensor, value: Tensor, axes: tuple[AxisSpec,
             logits[-1] = logits[-1] * scale
     scores = torch.cat(logits, dim=-1)                                           # [B, N, h, M]
     valid = torch.cat(masks, dim=-1)                                             # [N, 1, M]
-    scores = scores.masked_fill(~valid, torch.finfo(compute).min)
-    attn = scores.softmax(-1) * valid                                            # zero rows without keys
-    if dropout_p > 0:
-        attn = F.dropout(attn, dropout_p)
+    attn = masked_softmax(scores, valid, compute, dropout_p)                     # zero rows without keys
     out = None
     for i, offsets in enumerate(lead):
         weights = attn[..., i * k_last:(i + 1) * k_last].transpose(2, 3).unsqueeze(-1)  # [B, N, k_last, h, 1]
