@@ -10,6 +10,9 @@ returns one tensor; ``inputs`` are the tensors it reads (those with ``requires_g
   of the process' peak resident set size
   (``VmHWM``, reset through ``/proc/self/clear_refs`` first; without it the lifetime peak
   ``ru_maxrss``, which is only meaningful in a fresh process).
+* :func:`add_shape_args` and :func:`add_run_args` add the command-line options the attention
+  benchmarks share (``--batch`` .. ``--head-dim``; ``--device`` .. ``--out-dir``, with the
+  :data:`DTYPES` and :data:`METRICS` choices).
 * :func:`run_isolated` runs ``function(**kwargs)`` from a Python file in a fresh interpreter and returns
   the dict it returns (``{'status': 'error' | 'timeout', 'note': ...}`` on failure). Use it for CPU
   memory numbers: freed memory stays in the allocator, so cases measured in one process disturb
@@ -28,6 +31,7 @@ Example (``my_bench.py``)::
 """
 from __future__ import annotations
 
+import argparse
 import json
 import os
 import resource
@@ -41,6 +45,34 @@ import torch
 from torch import Tensor
 
 RESULT_PREFIX = '@@bench-result@@'
+
+
+#: ``--metric`` choices: result field -> its description in plots and summaries.
+METRICS = {'time_min_ms': 'wall time, best of repeats (ms)', 'time_ms': 'wall time, median (ms)',
+           'cpu_min_ms': 'CPU time, best of repeats (ms)', 'cpu_ms': 'CPU time, median (ms)'}
+#: ``--dtype`` choices.
+DTYPES = {'float32': torch.float32, 'float16': torch.float16, 'bfloat16': torch.bfloat16}
+
+
+def add_shape_args(parser: argparse.ArgumentParser) -> None:
+    """``--batch``, ``--heads``, ``--head-dim``: the tensor shape of every case."""
+    parser.add_argument('--batch', type=int, default=2)
+    parser.add_argument('--heads', type=int, default=2)
+    parser.add_argument('--head-dim', type=int, default=32)
+
+
+def add_run_args(parser: argparse.ArgumentParser) -> None:
+    """``--device``, ``--dtype``, ``--repeats``, ``--max-seconds``, ``--metric``, ``--threads``,
+    ``--mem-budget-gb``, ``--timeout``, ``--out-dir``: how and where the cases run."""
+    parser.add_argument('--device', default='cpu')
+    parser.add_argument('--dtype', choices=tuple(DTYPES), default='float32')
+    parser.add_argument('--repeats', type=int, default=5)
+    parser.add_argument('--max-seconds', type=float, default=60.0, help='time budget of the repeats of one case')
+    parser.add_argument('--metric', choices=tuple(METRICS), default='time_min_ms', help='time shown in plots/summary')
+    parser.add_argument('--threads', type=int, default=torch.get_num_threads(), help='torch intra-op threads')
+    parser.add_argument('--mem-budget-gb', type=float, default=8.0, help='skip cases estimated above this')
+    parser.add_argument('--timeout', type=float, default=600.0, help='seconds per case before giving up')
+    parser.add_argument('--out-dir', default='work_dirs/benchmarks/attention')
 
 
 def _rss_bytes(field: str) -> int | None:

@@ -42,14 +42,11 @@ import torch.nn.functional as F
 from torch import Tensor
 
 sys.path.insert(0, osp.dirname(osp.abspath(__file__)))
-from bench_utils import format_case, lookup, measure_case, run_isolated  # noqa: E402
+from bench_utils import DTYPES, METRICS, add_run_args, add_shape_args, format_case, lookup, measure_case, run_isolated  # noqa: E402
 
 METHODS = ('na-tiled', 'na-tiled-torch', 'na-gather', 'na-flex', 'natten', 'sdpa-masked', 'window', 'sdpa-full')
 FIELDS = ('method', 'resolution', 'kernel', 'mode', 'status', 'time_ms', 'time_min_ms', 'cpu_ms', 'cpu_min_ms',
           'peak_mem_mb', 'repeats', 'batch', 'heads', 'head_dim', 'rpb', 'dtype', 'device', 'threads', 'note')
-METRICS = {'time_min_ms': 'wall time, best of repeats (ms)', 'time_ms': 'wall time, median (ms)',
-           'cpu_min_ms': 'CPU time, best of repeats (ms)', 'cpu_ms': 'CPU time, median (ms)'}
-DTYPES = {'float32': torch.float32, 'float16': torch.float16, 'bfloat16': torch.bfloat16}
 
 
 def _window_attention(q: Tensor, k: Tensor, v: Tensor, window: int, rpb: Tensor | None) -> Tensor:
@@ -267,19 +264,9 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     parser.add_argument('--resolutions', type=int, nargs='+', default=[28, 56, 112, 224])
     parser.add_argument('--kernels', type=int, nargs='+', default=[3, 5, 7, 9, 11, 13])
     parser.add_argument('--methods', nargs='+', choices=METHODS, default=list(METHODS))
-    parser.add_argument('--batch', type=int, default=2)
-    parser.add_argument('--heads', type=int, default=2)
-    parser.add_argument('--head-dim', type=int, default=32)
+    add_shape_args(parser)
     parser.add_argument('--no-rpb', action='store_true', help='benchmark without relative positional bias')
-    parser.add_argument('--device', default='cpu')
-    parser.add_argument('--dtype', choices=tuple(DTYPES), default='float32')
-    parser.add_argument('--repeats', type=int, default=5)
-    parser.add_argument('--max-seconds', type=float, default=60.0, help='time budget of the repeats of one case')
-    parser.add_argument('--metric', choices=tuple(METRICS), default='time_min_ms', help='time shown in plots/summary')
-    parser.add_argument('--threads', type=int, default=torch.get_num_threads(), help='torch intra-op threads')
-    parser.add_argument('--mem-budget-gb', type=float, default=8.0, help='skip cases estimated above this')
-    parser.add_argument('--timeout', type=float, default=600.0, help='seconds per case before giving up')
-    parser.add_argument('--out-dir', default='work_dirs/benchmarks/attention')
+    add_run_args(parser)
     parser.add_argument('--from-csv', help='re-plot and summarise an existing na_results.csv instead of running')
     return parser.parse_args(argv)
 
