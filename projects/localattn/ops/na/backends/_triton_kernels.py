@@ -60,6 +60,70 @@ def _dot(a, b, IEEE: tl.constexpr, UPCAST: tl.constexpr):
     return tl.dot(a, b)
 
 
+@triton.jit
+def _tile(pid, bh, heads, Ly, Lx, dy, dx, tiles_y, tiles_x, TH: tl.constexpr, TW: tl.constexpr):
+    """Where program ``(pid, bh)`` works: its dilation group, the group's lengths, and the local
+    coordinates of its ``TH x TW`` tile (``inside``: the tile starts inside the group)."""
+    gy, gx, ty, tx = _decode_tile(pid, tiles_y, tiles_x, dx)
+    lgy = _group_len(Ly, dy, gy)
+    lgx = _group_len(Lx, dx, gx)
+    y0 = ty * TH
+    x0 = tx * TW
+    i = tl.arange(0, TH * TW)
+    ly = y0 + i // TW
+    lx = x0 + i % TW
+    return ((bh // heads).to(tl.int64), bh % heads, gy, gx, lgy, lgx, y0, x0, ly, lx,
+            (ly < lgy) & (lx < lgx), (y0 < lgy) & (x0 < lgx))
+
+
+@triton.jit
+def _query_tile(Q, q_base, sqy, sqx, gy, gx, dy, dx, qy, qx, q_ok, lgy, lgx, kyk, kxk,
+                D: tl.constexpr, BD: tl.constexpr):
+    """A query tile's window starts, head-dim lanes, global coordinates, load mask and queries ``[BQ, BD]``."""
+    d = tl.arange(0, BD)
+    d_ok = d < D
+    gq_y = gy + dy * qy
+    gq_x = gx + dx * qx
+    qmask = q_ok[:, None] & d_ok[None, :]
+    q = tl.load(Q + q_base + (gq_y * sqy + gq_x * sqx)[:, None] + d[None, :], mask=qmask, other=0.)
+    return _window_start(qy, lgy, kyk), _window_start(qx, lgx, kxk), d, d_ok, gq_y, gq_x, qmask, q
+
+
+@triton.jit
+def _key_box(y0, x0, lgy, lgx, kyk, kxk, TQH: tl.constexpr, TQW: tl.constexpr):
+    """Rows ``[r_lo, r_hi)`` and columns ``[c_lo, c_hi)`` of the keys a query tile's windows cover."""
+    r_lo = _window_start(y0, lgy, kyk)
+    r_hi = _window_start(tl.minimum(y0 + TQH, lgy) - 1, lgy, kyk) + kyk
+    c_lo = _window_start(x0, lgx, kxk)
+    c_hi = _window_start(tl.minimum(x0 + TQW, lgx) - 1, lgx, kxk) + kxk
+    return r_lo, r_hi, c_lo, c_hi
+
+
+@triton.jit
+def _key_step(K, k_base, sky, skx, gy, gx, dy, dx, r, c0, c_hi, Vy, Vx, d, d_ok, KW: tl.constexpr):
+    """Keys ``c0 .. c0 + KW`` of box row ``r``: local columns, validity, the keys as ``[BD, KW]``,
+    and the token offsets (without the head dim) for loading values the same way."""
+    yk = gy + dy * r
+    kc = c0 + tl.arange(0, KW)
+    xk = gx + dx * kc
+    k_ok = (kc < c_hi) & (xk < Vx) & (yk < Vy)
+    kt = tl.load(K + k_base + yk * sky + (xk * skx)[None, :] + d[:, None], mask=k_ok[None, :] & d_ok[:, None],
+                 other=0.)
+    return kc, k_ok, kt, yk, xk
+
+
+@triton.jit
+def _logits(q, kt, r, kc, k_ok, qy, qx, row_in, sx, kyk, kxk, rpb_h, scale2,
+            HAS_RPB: tl.constexpr, IEEE: tl.constexpr, UPCAST: tl.constexpr):
+    """Base-2 logits ``[BQ, KW]`` of a query tile against one key step (RPB added) and the window mask."""
+    s = _dot(q, kt, IEEE, UPCAST) * scale2
+    inwin = row_in[:, None] & k_ok[None, :] & (kc[None, :] >= sx[:, None]) & (kc[None, :] < sx[:, None] + kxk)
+    if HAS_RPB:
+        ridx = (r - qy + kyk - 1)[:, None] * (2 * kxk - 1) + (kc[None, :] - qx[:, None] + kxk - 1)
+        s += tl.load(rpb_h + ridx, mask=inwin, other=0.) * LOG2E
+    return s, inwin
+
+
 @triton.jit(do_not_specialize=_SIZES)
 def na2d_fwd_kernel(Q, K, V, Out, LSE, RPB,
                     sqb, sqy, sqx, sqh, skb, sky, skx, skh, svb, svy, svx, svh, sob, soy, sox, soh,
@@ -68,50 +132,25 @@ def na2d_fwd_kernel(Q, K, V, Out, LSE, RPB,
                     KW: tl.constexpr, HAS_RPB: tl.constexpr, IEEE: tl.constexpr,
                     UPCAST: tl.constexpr):
     """Forward: one program = one query tile of one dilation group, one (batch, head)."""
-    gy, gx, ty, tx = _decode_tile(tl.program_id(0), tiles_y, tiles_x, dx)
     bh = tl.program_id(1)
-    b = (bh // heads).to(tl.int64)
-    h = bh % heads
-    lgy = _group_len(Ly, dy, gy)
-    lgx = _group_len(Lx, dx, gx)
-    y0 = ty * TQH
-    x0 = tx * TQW
-    if (y0 < lgy) & (x0 < lgx):
+    b, h, gy, gx, lgy, lgx, y0, x0, qy, qx, q_ok, inside = _tile(tl.program_id(0), bh, heads, Ly, Lx, dy, dx,
+                                                                 tiles_y, tiles_x, TQH, TQW)
+    if inside:
         BQ: tl.constexpr = TQH * TQW
-        qi = tl.arange(0, BQ)
-        qy = y0 + qi // TQW
-        qx = x0 + qi % TQW
-        q_ok = (qy < lgy) & (qx < lgx)
-        sy = _window_start(qy, lgy, kyk)
-        sx = _window_start(qx, lgx, kxk)
-        d = tl.arange(0, BD)
-        d_ok = d < D
-        q = tl.load(Q + b * sqb + h * sqh + ((gy + dy * qy) * sqy + (gx + dx * qx) * sqx)[:, None] + d[None, :],
-                    mask=q_ok[:, None] & d_ok[None, :], other=0.)
-        r_lo = _window_start(y0, lgy, kyk)
-        r_hi = _window_start(tl.minimum(y0 + TQH, lgy) - 1, lgy, kyk) + kyk
-        c_lo = _window_start(x0, lgx, kxk)
-        c_hi = _window_start(tl.minimum(x0 + TQW, lgx) - 1, lgx, kxk) + kxk
-        rx_n = 2 * kxk - 1
-        rpb_h = RPB + h * (2 * kyk - 1) * rx_n
+        sy, sx, d, d_ok, gq_y, gq_x, qmask, q = _query_tile(Q, b * sqb + h * sqh, sqy, sqx, gy, gx, dy, dx, qy, qx,
+                                                            q_ok, lgy, lgx, kyk, kxk, D, BD)
+        r_lo, r_hi, c_lo, c_hi = _key_box(y0, x0, lgy, lgx, kyk, kxk, TQH, TQW)
+        rpb_h = RPB + h * (2 * kyk - 1) * (2 * kxk - 1)
         m = tl.full([BQ], float('-inf'), tl.float32)
         denom = tl.zeros([BQ], tl.float32)
         acc = tl.zeros([BQ, BD], tl.float32)
         for r in range(r_lo, r_hi):
-            yk = gy + dy * r
             row_in = q_ok & (r >= sy) & (r < sy + kyk)
             for c0 in range(c_lo, c_hi, KW):
-                kc = c0 + tl.arange(0, KW)
-                xk = gx + dx * kc
-                k_ok = (kc < c_hi) & (xk < Vx) & (yk < Vy)
-                kt = tl.load(K + b * skb + h * skh + yk * sky + (xk * skx)[None, :] + d[:, None],
-                             mask=k_ok[None, :] & d_ok[:, None], other=0.)
-                s = _dot(q, kt, IEEE, UPCAST) * scale2
-                inwin = (row_in[:, None] & k_ok[None, :] & (kc[None, :] >= sx[:, None])
-                         & (kc[None, :] < sx[:, None] + kxk))
-                if HAS_RPB:
-                    ridx = (r - qy + kyk - 1)[:, None] * rx_n + (kc[None, :] - qx[:, None] + kxk - 1)
-                    s += tl.load(rpb_h + ridx, mask=inwin, other=0.) * LOG2E
+                kc, k_ok, kt, yk, xk = _key_step(K, b * skb + h * skh, sky, skx, gy, gx, dy, dx, r, c0, c_hi,
+                                                 Vy, Vx, d, d_ok, KW)
+                s, inwin = _logits(q, kt, r, kc, k_ok, qy, qx, row_in, sx, kyk, kxk, rpb_h, scale2,
+                                   HAS_RPB, IEEE, UPCAST)
                 s = tl.where(inwin, s, float('-inf'))
                 m_new = tl.maximum(m, tl.max(s, 1))
                 m_use = tl.where(m_new == float('-inf'), 0., m_new)
@@ -124,10 +163,8 @@ def na2d_fwd_kernel(Q, K, V, Out, LSE, RPB,
                 m = m_new
         has = denom > 0
         out = acc / tl.where(has, denom, 1.)[:, None]
-        gq_y = gy + dy * qy
-        gq_x = gx + dx * qx
         tl.store(Out + b * sob + h * soh + (gq_y * soy + gq_x * sox)[:, None] + d[None, :],
-                 out.to(Out.dtype.element_ty), mask=q_ok[:, None] & d_ok[None, :])
+                 out.to(Out.dtype.element_ty), mask=qmask)
         lse = tl.where(has, m + tl.log2(tl.where(has, denom, 1.)), float('inf'))
         tl.store(LSE + bh.to(tl.int64) * Ly * Lx + gq_y * Lx + gq_x, lse, mask=q_ok)
 
@@ -138,7 +175,7 @@ def na2d_bwd_dq_kernel(Q, K, V, Out, DO, LSE, DELTA, RPB, DQ, DRPB,
                        heads, Ly, Lx, kyk, kxk, dy, dx, Vy, Vx, tiles_y, tiles_x, scale2, scale,
                        D: tl.constexpr, BD: tl.constexpr, TQH: tl.constexpr, TQW: tl.constexpr,
                        KW: tl.constexpr, RPY: tl.constexpr, HAS_RPB: tl.constexpr, IEEE: tl.constexpr,
-                    UPCAST: tl.constexpr):
+                       UPCAST: tl.constexpr):
     """dq (and the RPB gradient): the forward's tiling, probabilities recomputed from the saved lse.
 
     Also computes and stores ``DELTA = rowsum(dO * O)`` of its queries for the dk/dv kernel, which
@@ -146,28 +183,13 @@ def na2d_bwd_dq_kernel(Q, K, V, Out, DO, LSE, DELTA, RPB, DQ, DRPB,
     ``DRPB`` is ``[tiles, B * heads, 2ky-1, 2kx-1]`` fp32, one slot per program.
     """
     pid = tl.program_id(0)
-    gy, gx, ty, tx = _decode_tile(pid, tiles_y, tiles_x, dx)
     bh = tl.program_id(1)
-    b = (bh // heads).to(tl.int64)
-    h = bh % heads
-    lgy = _group_len(Ly, dy, gy)
-    lgx = _group_len(Lx, dx, gx)
-    y0 = ty * TQH
-    x0 = tx * TQW
-    if (y0 < lgy) & (x0 < lgx):
+    b, h, gy, gx, lgy, lgx, y0, x0, qy, qx, q_ok, inside = _tile(pid, bh, heads, Ly, Lx, dy, dx,
+                                                                 tiles_y, tiles_x, TQH, TQW)
+    if inside:
         BQ: tl.constexpr = TQH * TQW
-        qi = tl.arange(0, BQ)
-        qy = y0 + qi // TQW
-        qx = x0 + qi % TQW
-        q_ok = (qy < lgy) & (qx < lgx)
-        sy = _window_start(qy, lgy, kyk)
-        sx = _window_start(qx, lgx, kxk)
-        d = tl.arange(0, BD)
-        d_ok = d < D
-        gq_y = gy + dy * qy
-        gq_x = gx + dx * qx
-        qmask = q_ok[:, None] & d_ok[None, :]
-        q = tl.load(Q + b * sqb + h * sqh + (gq_y * sqy + gq_x * sqx)[:, None] + d[None, :], mask=qmask, other=0.)
+        sy, sx, d, d_ok, gq_y, gq_x, qmask, q = _query_tile(Q, b * sqb + h * sqh, sqy, sqx, gy, gx, dy, dx, qy, qx,
+                                                            q_ok, lgy, lgx, kyk, kxk, D, BD)
         do = tl.load(DO + b * sdb + h * sdh + (gq_y * sdy + gq_x * sdx)[:, None] + d[None, :], mask=qmask, other=0.)
         stat = bh.to(tl.int64) * Ly * Lx + gq_y * Lx + gq_x
         lse = tl.load(LSE + stat, mask=q_ok, other=float('inf'))
@@ -175,10 +197,7 @@ def na2d_bwd_dq_kernel(Q, K, V, Out, DO, LSE, DELTA, RPB, DQ, DRPB,
         o = tl.load(Out + dense, mask=qmask, other=0.)
         delta = tl.sum(do.to(tl.float32) * o.to(tl.float32), 1)
         tl.store(DELTA + stat, delta, mask=q_ok)
-        r_lo = _window_start(y0, lgy, kyk)
-        r_hi = _window_start(tl.minimum(y0 + TQH, lgy) - 1, lgy, kyk) + kyk
-        c_lo = _window_start(x0, lgx, kxk)
-        c_hi = _window_start(tl.minimum(x0 + TQW, lgx) - 1, lgx, kxk) + kxk
+        r_lo, r_hi, c_lo, c_hi = _key_box(y0, x0, lgy, lgx, kyk, kxk, TQH, TQW)
         rx_n = 2 * kxk - 1
         ry_n = 2 * kyk - 1
         rpb_h = RPB + h * ry_n * rx_n
@@ -187,22 +206,15 @@ def na2d_bwd_dq_kernel(Q, K, V, Out, DO, LSE, DELTA, RPB, DQ, DRPB,
         rel_y = tl.arange(0, RPY)
         drpb = tl.zeros([RPY, KW], tl.float32)
         for r in range(r_lo, r_hi):
-            yk = gy + dy * r
             row_in = q_ok & (r >= sy) & (r < sy + kyk)
             for c0 in range(c_lo, c_hi, KW):
-                kc = c0 + tl.arange(0, KW)
-                xk = gx + dx * kc
-                k_ok = (kc < c_hi) & (xk < Vx) & (yk < Vy)
-                kmask = k_ok[None, :] & d_ok[:, None]
-                kt = tl.load(K + b * skb + h * skh + yk * sky + (xk * skx)[None, :] + d[:, None], mask=kmask, other=0.)
-                vt = tl.load(V + b * svb + h * svh + yk * svy + (xk * svx)[None, :] + d[:, None], mask=kmask, other=0.)
-                inwin = (row_in[:, None] & k_ok[None, :] & (kc[None, :] >= sx[:, None])
-                         & (kc[None, :] < sx[:, None] + kxk))
-                s = _dot(q, kt, IEEE, UPCAST) * scale2
+                kc, k_ok, kt, yk, xk = _key_step(K, b * skb + h * skh, sky, skx, gy, gx, dy, dx, r, c0, c_hi,
+                                                 Vy, Vx, d, d_ok, KW)
+                vt = tl.load(V + b * svb + h * svh + yk * svy + (xk * svx)[None, :] + d[:, None],
+                             mask=k_ok[None, :] & d_ok[:, None], other=0.)
+                s, inwin = _logits(q, kt, r, kc, k_ok, qy, qx, row_in, sx, kyk, kxk, rpb_h, scale2,
+                                   HAS_RPB, IEEE, UPCAST)
                 dp = _dot(do, vt, IEEE, UPCAST)
-                if HAS_RPB:
-                    ridx = (r - qy + kyk - 1)[:, None] * rx_n + (kc[None, :] - qx[:, None] + kxk - 1)
-                    s += tl.load(rpb_h + ridx, mask=inwin, other=0.) * LOG2E
                 p = tl.where(inwin, tl.exp2(s - lse[:, None]), 0.)
                 ds = p * (dp - delta[:, None])
                 dq += _dot(ds.to(kt.dtype), tl.trans(kt), IEEE, UPCAST)
@@ -228,27 +240,18 @@ def na2d_bwd_dkdv_kernel(Q, K, V, DO, LSE, DELTA, RPB, DK, DV,
                          heads, Ly, Lx, kyk, kxk, dy, dx, Vy, Vx, tiles_y, tiles_x, scale2, scale,
                          D: tl.constexpr, BD: tl.constexpr, TKH: tl.constexpr, TKW: tl.constexpr,
                          QW: tl.constexpr, HAS_RPB: tl.constexpr, IEEE: tl.constexpr,
-                    UPCAST: tl.constexpr):
+                         UPCAST: tl.constexpr):
     """dk and dv: one program = one key tile; walks the queries whose windows hold its keys.
 
     ``DK`` and ``DV`` are contiguous ``[B, Y, X, heads, D]``.
     """
-    gy, gx, ty, tx = _decode_tile(tl.program_id(0), tiles_y, tiles_x, dx)
     bh = tl.program_id(1)
-    b = (bh // heads).to(tl.int64)
-    h = bh % heads
-    lgy = _group_len(Ly, dy, gy)
-    lgx = _group_len(Lx, dx, gx)
-    y0 = ty * TKH
-    x0 = tx * TKW
-    if (y0 < lgy) & (x0 < lgx):
+    b, h, gy, gx, lgy, lgx, y0, x0, ky, kx, k_in, inside = _tile(tl.program_id(0), bh, heads, Ly, Lx, dy, dx,
+                                                                 tiles_y, tiles_x, TKH, TKW)
+    if inside:
         BK: tl.constexpr = TKH * TKW
-        ki = tl.arange(0, BK)
-        ky = y0 + ki // TKW
-        kx = x0 + ki % TKW
         gk_y = gy + dy * ky
         gk_x = gx + dx * kx
-        k_in = (ky < lgy) & (kx < lgx)
         k_ok = k_in & (gk_y < Vy) & (gk_x < Vx)
         d = tl.arange(0, BD)
         d_ok = d < D
