@@ -150,12 +150,43 @@ class HierarchicalBackbone(BaseModule):
         self._freeze_stages()
 
     # ------------------------------------------------------------------------------- forward
+    def input_channels(self) -> Optional[int]:
+        """Image channels the stem takes (its first convolution's), or None if it has none."""
+        for module in getattr(self, self.stem_name).modules():
+            if isinstance(module, nn.Conv2d):
+                return module.in_channels
+        return None
+
+    def check_input(self, x: Tensor) -> None:
+        """Raise ``ValueError`` saying what is expected unless ``x`` is ``[B, C_in, H, W]``
+        (NCHW) with ``H, W >= 1``; a channels-last (NHWC) or unbatched image is named as such."""
+        channels = self.input_channels()
+        name = type(self).__name__
+        shape = tuple(x.shape)
+        expects = f'{name} expects images as [B, C, H, W] (NCHW) with C = {channels}'
+        if x.dim() != 4:
+            hint = ''
+            if x.dim() == 3 and shape[0] == channels:
+                hint = ': one unbatched image? add the batch dimension with x[None]'
+            elif x.dim() == 3 and shape[-1] == channels:
+                hint = ': one unbatched channels-last image? use x.permute(2, 0, 1)[None]'
+            raise ValueError(f'{expects}, got a {x.dim()}-D tensor of shape {shape}{hint}')
+        if channels is not None and shape[1] != channels:
+            if shape[-1] == channels:
+                raise ValueError(f'{expects}, got shape {shape}, which looks channels-last (NHWC, '
+                                 '[B, H, W, C]): convert it with x.permute(0, 3, 1, 2)')
+            raise ValueError(f'{expects}, got {shape[1]} channels (shape {shape}); build the '
+                             f'backbone with in_channels={shape[1]} for such images')
+        if shape[2] < 1 or shape[3] < 1:
+            raise ValueError(f'{expects} and H, W >= 1, got shape {shape}')
+
     def forward_stem(self, x: Tensor) -> Tensor:
         """``[B, C_in, H, W]`` -> channels-last input of stage 0."""
         return getattr(self, self.stem_name)(x)
 
     def forward(self, x: Tensor) -> Tuple[Tensor, ...]:
         """``[B, C_in, H, W]`` -> tuple of NCHW maps, one per ``out_indices`` (in stage order)."""
+        self.check_input(x)
         x = self.forward_stem(x)
         outs = []
         for i, stage in enumerate(getattr(self, self.stages_name)):

@@ -134,6 +134,7 @@ class IsotropicNAT(HierarchicalBackbone):
 
     def forward(self, x: Tensor) -> Tuple[Tensor, ...]:
         """``[B, C_in, H, W]`` -> one NCHW map ``[B, C, ceil(H/p), ceil(W/p)]`` per ``out_indices``."""
+        self.check_input(x)
         x = self.patch_embed(x)
         outs = []
         for j, block in enumerate(self.layers):
