@@ -15,7 +15,7 @@ import torch
 from torch import nn
 
 from localattn.analysis.models import PRESETS, build_backbone, parse_spec
-from localattn.backbones import DiNAT, NAT, QnAViT
+from localattn.backbones import NAT, DiNAT, QnAViT
 from localattn.deploy import compile_parity, export_onnx, onnx_parity, onnxruntime_outputs
 from localattn.ops import na2d, qna2d
 from localattn.ops.na import native
@@ -175,15 +175,15 @@ def _explicit_qna(logits, value, rpb, weights, k=3, stride=1):
         for x in range(out_w):
             rows = [stride * y + o - pad for o in range(k)]
             cols = [stride * x + o - pad for o in range(k)]
-            for l in range(nq):
+            for qi in range(nq):
                 for m in range(heads):
                     scores, vals, ws = [], [], []
                     for i, r in enumerate(rows):
                         for j, c in enumerate(cols):
                             if 0 <= r < h and 0 <= c < w:
-                                scores.append(logits[:, r, c, l, m].double() + rpb[l, m, i, j].double())
+                                scores.append(logits[:, r, c, qi, m].double() + rpb[qi, m, i, j].double())
                                 vals.append(value[:, r, c, m].double())
-                                ws.append(weights[l, m, i, j].double())
+                                ws.append(weights[qi, m, i, j].double())
                     attn = torch.softmax(torch.stack(scores, 1), 1)
                     out[:, y, x, m] += torch.einsum('bn,n,bnd->bd', attn, torch.stack(ws), torch.stack(vals, 1))
     return out.float()

@@ -151,7 +151,8 @@ def test_tools_test_refuses_a_checkpoint_of_another_model(tmp_path):
     spec.loader.exec_module(module)
     module.generate(str(tmp_path / 'data'), num_train=4, num_val=4, size=32, seed=0, tasks=('cls', ))
     root = str(tmp_path / 'data' / 'cls')
-    other = {'state_dict': {f'backbone.{k}': v for k, v in QnAViT(arch=QNA_ARCH, out_indices=(2, )).state_dict().items()}}
+    weights = QnAViT(arch=QNA_ARCH, out_indices=(2, )).state_dict()
+    other = {'state_dict': {f'backbone.{k}': v for k, v in weights.items()}}
     path = tmp_path / 'qnavit.pth'
     torch.save(other, path)
     config = osp.join(ROOT, 'configs', '_demo_', 'nat-demo_synthetic-cls.py')

@@ -107,8 +107,9 @@ def build_backbone(spec: str, scope: str = 'mmdet', **overrides) -> nn.Module:
     """Build the backbone of ``spec``; ``overrides`` update its config (e.g. ``out_indices=(3,)``)."""
     import importlib
 
-    import localattn  # noqa: F401  registers the localattn backbones
     from mmengine.registry import DefaultScope
+
+    import localattn  # noqa: F401  registers the localattn backbones
     scope, cfg = parse_spec(spec, scope)
     cfg.pop('init_cfg', None)
     cfg.pop('_delete_', None)
