@@ -115,8 +115,17 @@ def _axes(n: int, query: Tensor, kernel_size: IntArg, dilation: IntArg, stride: 
             raise ValueError(f'{name} must be positive, got {vals}')
     for a in range(n):
         if kernel[a] * dil[a] > sizes[a]:
-            raise ValueError(f'kernel_size * dilation ({kernel[a]} * {dil[a]} = {kernel[a] * dil[a]}) '
-                             f'must be <= the size of axis {a + 1} ({sizes[a]})')
+            message = (f'kernel_size * dilation ({kernel[a]} * {dil[a]} = {kernel[a] * dil[a]}) '
+                       f'must be <= the size of axis {a + 1} ({sizes[a]})')
+            heads = query.shape[n + 1]
+            if heads >= kernel[a] * dil[a] and heads > sizes[a]:  # the "heads" axis is the long one
+                dims = ', '.join('XYZ'[:n])
+                order = ', '.join(str(i) for i in (0, *range(2, n + 2), 1, n + 2))
+                message += (f' of query shape {tuple(query.shape)}. na{n}d expects channels-last '
+                            f'[B, {dims}, heads, head_dim]; this shape looks heads-first '
+                            f'[B, heads, {dims}, head_dim]: pass query.permute({order}) (and the same '
+                            'for key and value)')
+            raise ValueError(message)
         if step[a] > kernel[a]:
             raise ValueError(f'stride ({step[a]}) must be <= kernel_size ({kernel[a]}) on axis {a + 1}')
         if not 1 <= valid[a] <= sizes[a]:
