@@ -22,3 +22,28 @@ def test_na_small_map_message_unchanged_when_layout_is_plausible():
     with pytest.raises(ValueError) as info:
         na2d(q, q, q, 7)
     assert 'must be <= the size of axis 1 (5)' in str(info.value) and 'heads-first' not in str(info.value)
+
+
+def test_dinat_logs_once_what_small_maps_run_with(monkeypatch):
+    from localattn.backbones import NAT, DiNAT, nat
+    logged = []
+    monkeypatch.setattr(nat, 'print_log', lambda msg, logger=None, level=20: logged.append((level, msg)))
+    arch = dict(embed_dims=8, depths=(2, 1), num_heads=(1, 1), kernel_size=7)
+    model = DiNAT(arch=arch, dilations=[[1, 8], [2]], out_indices=(0, 1)).eval()
+    with torch.no_grad():
+        model(torch.randn(1, 3, 256, 256))  # level 0: 64x64 >= 7*8; level 1: 32x32 >= 7*2
+        assert logged == []
+        model(torch.randn(1, 3, 128, 96))  # level 0: 32x24 < 56; level 1: 16x12 < 14 along W
+        model(torch.randn(1, 3, 64, 64))  # once per model
+    assert len(logged) == 1 and logged[0][0] == 20
+    message = logged[0][1]
+    assert 'DiNAT: for a 128x96 input' in message
+    assert 'level 0 (32x24 map) block 1: kernel 7 x dilation 8 does not fit; runs with kernel 4x3, ' \
+        'dilation 8x8' in message
+    assert 'level 1 (16x12 map) block 0: kernel 7 x dilation 2 does not fit; runs with kernel 7x6' in message
+    assert 'block 0: kernel 7 x dilation 1' not in message.split('level 1')[0]  # fitting blocks not listed
+    # NAT too (a map smaller than the kernel)
+    small = NAT(arch=dict(arch, depths=(1, 1)), out_indices=(1, )).eval()
+    with torch.no_grad():
+        small(torch.randn(1, 3, 20, 20))
+    assert 'NAT: for a 20x20 input' in logged[-1][1] and 'runs with kernel 5x5' in logged[-1][1]

@@ -15,6 +15,7 @@ import torch
 import torch.nn as nn
 from mmcv.cnn import build_norm_layer
 from mmcv.cnn.bricks import DropPath
+from mmengine.logging import print_log
 from mmengine.model.weight_init import constant_init, trunc_normal_, trunc_normal_init
 from torch import Tensor
 
@@ -324,12 +325,42 @@ class NAT(PyramidNA):
             mlp_ratio=spec['mlp_ratio'], qkv_bias=qkv_bias, drop=drop_rate,
             attn_drop=attn_drop_rate, layer_scale=spec['layer_scale'])
         self.add_output_norms(norm_cfg)
+        self._logged_adapted = False
 
     @classmethod
     def check_arch(cls, spec: dict) -> dict:
         spec = super().check_arch(spec)
         spec['layer_scale'] = float(spec['layer_scale']) if spec['layer_scale'] else None
         return spec
+
+    def adapted_blocks(self, height: int, width: int) -> List[str]:
+        """One line per block whose neighbourhood does not fit its map for a ``height x width``
+        image (``kernel_size * dilation`` longer than a side): what it runs with instead."""
+        lines = []
+        h, w = -(-height // 4), -(-width // 4)  # the tokenizer: two stride-2 convs
+        for i, level in enumerate(self.levels):
+            for j, block in enumerate(level.blocks):
+                attn = block.attn
+                kernel, dilation, _ = attn.window(h, w)
+                if kernel != attn.kernel_size or dilation != attn.dilation:
+                    lines.append(f'level {i} ({h}x{w} map) block {j}: kernel {attn.kernel_size[0]} x '
+                                 f'dilation {attn.dilation[0]} does not fit; runs with kernel '
+                                 f'{kernel[0]}x{kernel[1]}, dilation {dilation[0]}x{dilation[1]}')
+            h, w = -(-h // 2), -(-w // 2)  # the downsampler
+        return lines
+
+    def forward_stem(self, x: Tensor) -> Tensor:
+        height, width = x.shape[-2:]
+        if not self._logged_adapted and isinstance(height, int) and isinstance(width, int) \
+                and not torch.jit.is_tracing() and not torch.compiler.is_compiling():
+            lines = self.adapted_blocks(height, width)  # eager only: never a symbolic size
+            if lines:
+                self._logged_adapted = True
+                print_log(f'{type(self).__name__}: for a {height}x{width} input, blocks whose '
+                          'neighbourhood (kernel_size x dilation) is larger than their map attend to '
+                          'their whole dilation group along the short side (logged once per model):\n  '
+                          + '\n  '.join(lines), logger='current', level=20)
+        return super().forward_stem(x)
 
     def _resolve_dilations(self, dilations) -> List[List[int]]:
         if dilations is not None:
