@@ -47,3 +47,23 @@ def test_dinat_logs_once_what_small_maps_run_with(monkeypatch):
     with torch.no_grad():
         small(torch.randn(1, 3, 20, 20))
     assert 'NAT: for a 20x20 input' in logged[-1][1] and 'runs with kernel 5x5' in logged[-1][1]
+
+
+@pytest.mark.slow
+def test_export_onnx_shows_progress_and_the_load_report(tmp_path, capsys):
+    from importlib.machinery import SourceFileLoader
+    from pathlib import Path
+
+    from localattn.analysis.models import build_backbone
+    tool = Path(__file__).resolve().parents[1] / 'tools' / 'deployment' / 'export_onnx.py'
+    module = SourceFileLoader('export_onnx_progress', str(tool)).load_module()
+    spec = "NAT:arch={'embed_dims': 8, 'depths': (1, 1), 'num_heads': (1, 1), 'kernel_size': 3},out_indices=(0, 1)"
+    ckpt = tmp_path / 'ckpt.pth'
+    torch.save({'state_dict': {f'backbone.{k}': v for k, v in build_backbone(spec).state_dict().items()}},
+               ckpt)
+    assert module.main([spec, '--shape', '32', '--checkpoint', str(ckpt), '--out', str(tmp_path / 'm.onnx')]) == 0
+    text = capsys.readouterr().out
+    steps = [text.index(f'[{i}/4]') for i in range(1, 5)]
+    assert steps == sorted(steps), text
+    assert f'Loaded {len(build_backbone(spec).state_dict())} tensors from {ckpt} (100.0%' in text
+    assert 'missing (kept at init): none' in text and 'M parameters' in text and 'MiB' in text

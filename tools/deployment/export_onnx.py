@@ -20,6 +20,7 @@ from __future__ import annotations
 import argparse
 import os.path as osp
 import sys
+import time
 from typing import Optional, Sequence
 
 import torch
@@ -57,28 +58,46 @@ def parse_args(argv: Optional[Sequence[str]] = None) -> argparse.Namespace:
     return args
 
 
+def _step(message: str) -> float:
+    """Print a progress line now (the export itself is silent for minutes) and return the time."""
+    print(message, flush=True)
+    return time.time()
+
+
 def main(argv: Optional[Sequence[str]] = None) -> int:
     args = parse_args(argv)
     height, width = (args.shape * 2)[:2]
+    start = _step(f'[1/4] building {args.model}')
     model = build_backbone(args.model, args.scope)
+    params = sum(p.numel() for p in model.parameters())
+    print(f'      {type(model).__name__}, {params / 1e6:.2f} M parameters ({time.time() - start:.1f} s)')
     if args.checkpoint:  # strict: every tensor of the model, in its shape (tables resized)
+        start = _step(f'[2/4] loading {args.checkpoint}')
         report = load_weights(model, args.checkpoint, strict=True)
-        resized = f' (resized: {", ".join(report.resized)})' if report.resized else ''
-        print(f'loaded {len(report.loaded)} tensors from {args.checkpoint}{resized}')
+        print('      ' + report.format().replace('\n', '\n      '))
+        print(f'      ({time.time() - start:.1f} s)')
+    else:
+        _step('[2/4] no --checkpoint: exporting the initial (random) weights')
     model.eval()
     inputs = torch.randn(args.batch, 3, height, width, generator=torch.Generator().manual_seed(0))
     name = osp.splitext(osp.basename(args.model))[0].replace(':', '_')
     out = args.out or osp.join('work_dirs', 'onnx', f'{name}_{height}x{width}.onnx')
+    start = _step(f'[3/4] exporting to ONNX ({height}x{width}, batch {args.batch}, opset {args.opset}): '
+                  'torch.export then ONNX conversion; this takes from seconds to several minutes for '
+                  'large models')
     path = export_onnx(model, inputs, out, opset_version=args.opset)
-    print(f'exported {args.model} ({height}x{width}, batch {args.batch}, opset {args.opset}) to {path}')
+    print(f'exported {args.model} ({height}x{width}, batch {args.batch}, opset {args.opset}) to {path} '
+          f'({osp.getsize(path) / 2**20:.1f} MiB, {time.time() - start:.1f} s)', flush=True)
     if args.no_verify:
         return 0
+    start = _step('[4/4] checking onnxruntime against PyTorch on the same input')
     ok = True
     for i, row in enumerate(onnx_parity(model, path, inputs)):
         good = row['max_abs'] <= args.atol + args.rtol * row['max_ref']
         ok &= good
         print(f"out{i} {row['shape']}: max |onnxruntime - torch| = {row['max_abs']:.3g} "
               f"({row['max_rel']:.3g} of max |torch|) {'ok' if good else 'MISMATCH'}")
+    print(f'      ({time.time() - start:.1f} s)')
     return 0 if ok else 1
 
 
