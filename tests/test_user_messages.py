@@ -67,3 +67,32 @@ def test_export_onnx_shows_progress_and_the_load_report(tmp_path, capsys):
     assert steps == sorted(steps), text
     assert f'Loaded {len(build_backbone(spec).state_dict())} tensors from {ckpt} (100.0%' in text
     assert 'missing (kept at init): none' in text and 'M parameters' in text and 'MiB' in text
+
+
+@pytest.mark.slow
+def test_tools_test_show_dir_prints_where_the_pictures_went(tmp_path, capsys):
+    import importlib.util
+    import os.path as osp
+
+    from localattn import cli
+    root = osp.dirname(osp.dirname(osp.abspath(__file__)))
+    spec = importlib.util.spec_from_file_location(
+        'localattn_generate_synthetic_show', osp.join(root, 'tools', 'dataset_converters', 'generate_synthetic.py'))
+    module = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(module)
+    module.generate(str(tmp_path / 'data'), num_train=4, num_val=4, size=32, seed=0, tasks=('cls', ))
+    config = osp.join(root, 'configs', '_demo_', 'nat-demo_synthetic-cls.py')
+    options = ['--cfg-options', *(f'{s}_dataloader.dataset.data_root={tmp_path}/data/cls'
+                                  for s in ('train', 'val', 'test')),
+               'train_cfg.max_iters=1', 'default_hooks.checkpoint.interval=1', 'train_dataloader.batch_size=2']
+    cli.train([config, '--work-dir', str(tmp_path / 'work'), *options])
+    capsys.readouterr()
+    show = tmp_path / 'pictures'
+    cli.test([config, str(tmp_path / 'work' / 'iter_1.pth'), '--work-dir', str(tmp_path / 'work'),
+              '--show-dir', str(show), *options])
+    out = capsys.readouterr().out
+    line = next(line for line in out.splitlines() if line.startswith('--show-dir: saved'))
+    count, where = int(line.split()[2]), line.split(' in ', 1)[1]
+    # mmpretrain draws one sample in `interval` (default: the first of this small set)
+    assert count >= 1 and where.startswith(str(show))
+    assert len(list(show.rglob('*.png'))) + len(list(show.rglob('*.jpg'))) == count

@@ -7,9 +7,10 @@ import argparse
 import os
 import os.path as osp
 import re
+import time
 import warnings
 import zipfile
-from typing import Optional, Sequence
+from typing import List, Optional, Sequence
 
 import torch
 from mmengine.config import Config, DictAction
@@ -341,5 +342,23 @@ def test(argv: Optional[Sequence[str]] = None) -> dict:
     runner = _build_runner(cfg)
     if args.out and cfg.default_scope != 'mmseg':
         _add_dump(runner, cfg, args.out)
-    return runner.test()
+    start = time.time()
+    metrics = runner.test()
+    if args.show_dir:
+        _report_pictures(osp.abspath(args.show_dir), start)
+    return metrics
+
+
+def _report_pictures(show_dir: str, since: float) -> List[str]:
+    """Print where ``--show-dir`` pictures went (each library nests them differently) and return them."""
+    pictures = sorted(
+        osp.join(root, name) for root, _, names in os.walk(show_dir) for name in names
+        if name.lower().endswith(('.png', '.jpg', '.jpeg')) and osp.getmtime(osp.join(root, name)) >= since - 1)
+    if pictures:
+        where = osp.commonpath([osp.dirname(p) for p in pictures])
+        print(f'--show-dir: saved {len(pictures)} pictures of the predictions in {where}', flush=True)
+    else:
+        print(f'--show-dir: no pictures were written under {show_dir} (does the config\'s visualization '
+              'hook draw for this dataset?)', flush=True)
+    return pictures
 
