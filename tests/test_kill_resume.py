@@ -142,6 +142,8 @@ def reference(data_root, tmp_path_factory):
 
 def _assert_same_run(final, reference, losses, ref_losses, from_iter):
     ref = reference
+    worst = max((final['state_dict'][k].float() - v.float()).abs().max().item() for k, v in ref['state_dict'].items())
+    print(f'max |resumed - uninterrupted| over the weights: {worst:.3g}')
     assert final['meta']['iter'] == MAX_ITERS
     info, ref_info = final['message_hub']['runtime_info'], ref['message_hub']['runtime_info']
     assert (info['iter'], info['max_iters']) == (ref_info['iter'], ref_info['max_iters'])

@@ -96,3 +96,29 @@ def test_tools_test_show_dir_prints_where_the_pictures_went(tmp_path, capsys):
     # mmpretrain draws one sample in `interval` (default: the first of this small set)
     assert count >= 1 and where.startswith(str(show))
     assert len(list(show.rglob('*.png'))) + len(list(show.rglob('*.jpg'))) == count
+
+
+def test_docs_reliability_and_cpu_arch_dict():
+    """docs/reliability.md names existing tests; docs/usage.md's CPU-sized arch dict builds and its
+    heads' in_channels match the backbone widths."""
+    import os.path as osp
+    import re
+
+    from localattn.backbones import NAT
+    root = osp.dirname(osp.dirname(osp.abspath(__file__)))
+    with open(osp.join(root, 'docs', 'reliability.md')) as f:
+        reliability = f.read()
+    named = set(re.findall(r'`(?:tests/)?(test_\w+\.py)`', reliability))
+    assert {'test_checkpoint_reliability.py', 'test_kill_resume.py', 'test_input_fuzzing.py',
+            'test_pretrained_loading.py'} <= named
+    assert all(osp.isfile(osp.join(root, 'tests', name)) for name in named), named
+    with open(osp.join(root, 'docs', 'usage.md')) as f:
+        usage = f.read()
+    block = next(b for b in re.findall(r'```python\n(.*?)```', usage, re.S) if 'arch=dict(' in b)
+    scope = {}
+    exec(block, scope)
+    model = scope['model']
+    backbone = NAT(**{k: v for k, v in model['backbone'].items() if k != 'type'})
+    assert model['decode_head']['in_channels'] == backbone.num_features
+    assert model['auxiliary_head']['in_channels'] == backbone.num_features[2]
+    assert "arch='mini'" in usage and 's / iteration' in usage

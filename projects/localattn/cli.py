@@ -158,10 +158,13 @@ def find_resume_checkpoint(work_dir: str) -> Optional[str]:
     from mmengine.logging import print_log
     if not osp.isdir(work_dir):
         return None
-    for name in os.listdir(work_dir):
+    for name in os.listdir(work_dir) if int(os.environ.get('RANK', '0')) == 0 else ():
         match = _PARTIAL_RE.match(name)
         if match and not _pid_alive(int(match.group(1))):
-            os.remove(osp.join(work_dir, name))
+            try:
+                os.remove(osp.join(work_dir, name))
+            except OSError:
+                continue
             print_log(f'Removed {name}: a checkpoint write that was interrupted (the process was '
                       'killed while saving).', logger='current', level=30)
     recorded = None
