@@ -117,6 +117,42 @@ def test_demo_data_root_options_point_every_loader_at_the_root(data_root):
                 assert osp.isfile(cfg[key].ann_file)
 
 
+def test_demo_full_profile_trains_the_configs_own_schedules():
+    """The full demo trains exactly the configs' ``max_iters`` (their LR schedules end there)."""
+    from mmengine.config import Config
+    full = demo.PROFILES['full']
+    for config, key in ((SEG_CONFIG, 'seg_iters'), (DET_CONFIG, 'det_iters')):
+        cfg = Config.fromfile(config)
+        assert cfg.train_cfg.max_iters == full[key]
+        assert max(s.get('end', 0) for s in cfg.param_scheduler) == full[key]
+
+
+MMSEG_CLASS_TABLE = """
+11/28 23:25:25 - mmengine - INFO - per class results:
+11/28 23:25:25 - mmengine - INFO -
++------------+-------+-------+
+|   Class    |  IoU  |  Acc  |
++------------+-------+-------+
+| background | 93.61 | 97.02 |
+|   circle   | 14.81 | 20.55 |
+|   square   |  9.72 | 11.03 |
+|    star    |  nan  |  nan  |
+|  triangle  |  1.42 |  1.5  |
++------------+-------+-------+
+11/28 23:25:25 - mmengine - INFO - Iter(test) [48/48]    aAcc: 82.2400  mIoU: 23.2500
+"""
+
+
+def test_demo_parses_the_per_class_table_of_the_last_evaluation():
+    log = MMSEG_CLASS_TABLE.replace('93.61', '50.00') + MMSEG_CLASS_TABLE  # the last table wins
+    table = demo.parse_class_table(log)
+    assert list(table) == ['background', 'circle', 'square', 'star', 'triangle']
+    assert table['background'] == {'IoU': 93.61, 'Acc': 97.02}
+    assert table['triangle']['Acc'] == 1.5
+    assert table['star']['IoU'] != table['star']['IoU']  # nan: a class absent from the data
+    assert demo.parse_class_table('no evaluation here') == {}
+
+
 # ----------------------------------------------------------------------------- demo end to end
 @pytest.mark.slow
 def test_demo_quick_end_to_end(tmp_path):
@@ -145,8 +181,18 @@ def test_demo_quick_end_to_end(tmp_path):
     assert 'SegTTAModel' in tta_log or 'TestTimeAug' in tta_log
     assert 'mIoU' in tta_log
 
+    # per class: the segmenter's IoU of all five classes, Mask R-CNN's mask AP of the four shapes
+    per_class = scores['per_class']
+    assert list(per_class) == ['background', 'circle', 'square', 'star', 'triangle']
+    for name, value in per_class.items():
+        assert isinstance(value['IoU'], float)
+        assert (value['mask_AP'] is None) == (name == 'background')
+    # Mask R-CNN started from the segmenter's backbone (the load report of NAT's init_weights)
+    det_log = (work / 'logs' / 'det_train.log').read_text()
+    assert 'iter_%d.pth' % iters['seg_iters'] in det_log and 'missing (kept at init): none' in det_log
+
     md = (work / 'summary.md').read_text()
-    assert 'multi-scale + flip' in md and 'mask mAP' in md
+    assert 'multi-scale + flip' in md and 'mask mAP' in md and 'Per class' in md
     for key in ('seg', 'det'):
         plot = summary['plots'][key]
         plot = plot if osp.isabs(plot) else osp.join(str(elsewhere), plot)

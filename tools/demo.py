@@ -12,11 +12,15 @@ Steps (each through the user-facing tools, as subprocesses whose progress is str
 3. ``tools/test.py`` on its checkpoint: single-scale mIoU with prediction pictures (``--show-dir``),
    then ``--tta``: multi-scale (0.75-1.5) + flip mIoU.
 4. ``tools/train.py configs/_demo_/mask-rcnn_nat-demo_fpn_synthetic.py``: Mask R-CNN on a tiny NAT
-   (mmdet), then ``tools/test.py --show-dir``: box and mask mAP with prediction pictures.
+   (mmdet) whose backbone starts from the segmenter's (``model.backbone.init_cfg=dict(
+   type='Pretrained', checkpoint=<seg checkpoint>, prefix='backbone.')``: the weights transfer as
+   an ImageNet backbone would; measured: mask mAP 22.9 against 17.0 from scratch, 600 iterations
+   each), then ``tools/test.py --show-dir``: box, mask and per-class mask AP, with pictures.
 5. ``tools/analysis_tools/plot_curves.py``: loss / metric curves of both runs.
-6. A summary table, also written to ``<work-dir>/summary.json`` and ``summary.md``.
+6. A summary table with per-class IoU / mask AP, also written to ``<work-dir>/summary.json`` and
+   ``summary.md``.
 
-The full run takes a few minutes on two CPU cores; ``--quick`` trains a few iterations on a handful
+The full run takes about 11 minutes on two CPU cores; ``--quick`` trains a few iterations on a handful
 of images (a smoke test: the scores are then meaningless). Full outputs are logged to
 ``<work-dir>/logs/<step>.log``; the terminal shows the progress lines.
 """
@@ -37,15 +41,15 @@ TOOLS = osp.join(ROOT, 'tools')
 SEG_CONFIG = osp.join(ROOT, 'configs', '_demo_', 'upernet_nat-demo_synthetic-128x128.py')
 DET_CONFIG = osp.join(ROOT, 'configs', '_demo_', 'mask-rcnn_nat-demo_fpn_synthetic.py')
 
-#: Settings of the full demo and of ``--quick``. The iteration counts, image counts and model
-#: widths were tuned so that the full demo stays under 10 minutes on 2 idle CPU cores.
+#: Settings of the full demo and of ``--quick``. The full profile trains the configs' own schedules
+#: (``max_iters`` 1800 / 800) and fills the 12-minute budget of the demo on 2 CPU cores.
 PROFILES = {
     'full': dict(num_train=256, num_val=48, size=128, seed=0,
-                 seg_iters=1000, seg_val_interval=250, det_iters=600, det_val_interval=300,
-                 num_pictures=8),
+                 seg_iters=1800, seg_val_interval=600, det_iters=800, det_val_interval=400,
+                 det_init='seg', num_pictures=8),
     'quick': dict(num_train=8, num_val=4, size=128, seed=0,
                   seg_iters=4, seg_val_interval=4, det_iters=4, det_val_interval=4,
-                  num_pictures=4),
+                  det_init='seg', num_pictures=4),
 }
 
 #: Lines of the subprocess output echoed to the terminal (everything goes to the log file).
@@ -148,23 +152,31 @@ class Demo:
         self.timings['data'] = round(time.time() - start, 1)
         return meta
 
-    def train(self, name: str, config: str, scope: str, iters: int, val_interval: int) -> str:
+    def train(self, name: str, config: str, scope: str, iters: int, val_interval: int,
+              init_from: Optional[str] = None) -> str:
+        """Train ``config`` for ``iters`` iterations; ``init_from``: a checkpoint whose
+        ``backbone.*`` weights initialise the backbone (``init_cfg=dict(type='Pretrained')``)."""
         work = osp.join(self.work_dir, name)
         options = data_root_options(scope, self.data_root) + [
             f'train_cfg.max_iters={iters}', f'train_cfg.val_interval={val_interval}',
             f'default_hooks.checkpoint.interval={iters}',
             'default_hooks.logger.interval=%d' % max(1, min(10, iters // 10 or 1))]
+        if init_from:
+            options += ['model.backbone.init_cfg.type=Pretrained',
+                        f'model.backbone.init_cfg.checkpoint={init_from}',
+                        'model.backbone.init_cfg.prefix=backbone.']
         self.python(f'{name}_train', 'train.py', config, '--work-dir', work, '--cfg-options', *options)
         ckpt = osp.join(work, f'iter_{iters}.pth')
         if not osp.isfile(ckpt):
             raise StepFailed(f'training {name} finished without writing {ckpt}')
         return ckpt
 
-    def test(self, name: str, config: str, scope: str, ckpt: str, *extra: str) -> dict:
+    def test(self, name: str, config: str, scope: str, ckpt: str, *extra: str,
+             options: Sequence[str] = ()) -> dict:
         work = osp.join(self.work_dir, 'eval', name)
         before = set(glob.glob(osp.join(work, '*', '*.json')))
         self.python(f'{name}', 'test.py', config, ckpt, '--work-dir', work, *extra,
-                    '--cfg-options', *data_root_options(scope, self.data_root))
+                    '--cfg-options', *data_root_options(scope, self.data_root), *options)
         new = sorted(set(glob.glob(osp.join(work, '*', '*.json'))) - before)
         if not new:
             raise StepFailed(f'{name}: tools/test.py wrote no metrics file under {work}')
@@ -234,6 +246,33 @@ def _pct(value) -> Optional[float]:
     return None if value is None else round(float(value) * 100, 1)
 
 
+def parse_class_table(log: str) -> Dict[str, Dict[str, float]]:
+    """The last ``per class results`` table mmseg's IoUMetric printed in ``log``:
+    ``{class: {'IoU': percent, 'Acc': percent}}`` (``nan`` for classes absent from the data)."""
+    start = log.rfind('per class results:')
+    if start < 0:
+        return {}
+    table, header = {}, None
+    for line in log[start:].splitlines()[1:]:
+        line = line.strip()
+        if not line.startswith(('|', '+')):
+            if table:  # the first line after the table
+                break
+            continue  # the logger's (empty) line before it
+        if line.startswith('+'):
+            continue
+        cells = [c.strip() for c in line.strip('|').split('|')]
+        if header is None:
+            header = cells
+            continue
+        table[cells[0]] = {h: float(c) for h, c in zip(header[1:], cells[1:])}
+    return table
+
+
+def _fmt(value) -> str:
+    return '-' if value is None else f'{value:.1f}'
+
+
 def _round(value) -> Optional[float]:
     return None if value is None else round(float(value), 2)
 
@@ -285,13 +324,18 @@ def main(argv=None) -> int:
         seg_pics = osp.join(wd, 'pictures', 'seg')
         seg_ss = demo.test('seg_test', SEG_CONFIG, 'mmseg', seg_ckpt, '--show-dir', seg_pics)
         seg_ms = demo.test('seg_test_tta', SEG_CONFIG, 'mmseg', seg_ckpt, '--tta')
+        with open(osp.join(demo.log_dir, 'seg_test.log'), encoding='utf-8') as f:
+            seg_classes = parse_class_table(f.read())
 
-        demo.banner(f'4/6 train Mask R-CNN + NAT (mmdet), {profile["det_iters"]} iterations, '
-                    'then evaluate (with pictures)')
+        det_init = seg_ckpt if profile.get('det_init') == 'seg' else None
+        demo.banner(f'4/6 train Mask R-CNN + NAT (mmdet), {profile["det_iters"]} iterations'
+                    + (', backbone initialised from the segmenter\'s' if det_init else '')
+                    + ', then evaluate (with pictures)')
         det_ckpt = demo.train('det', DET_CONFIG, 'mmdet', profile['det_iters'],
-                              profile['det_val_interval'])
+                              profile['det_val_interval'], init_from=det_init)
         det_pics = osp.join(wd, 'pictures', 'det')
-        det = demo.test('det_test', DET_CONFIG, 'mmdet', det_ckpt, '--show-dir', det_pics)
+        det = demo.test('det_test', DET_CONFIG, 'mmdet', det_ckpt, '--show-dir', det_pics,
+                        options=['test_evaluator.classwise=True'])
 
         demo.banner('5/6 plots')
         seg_plot = demo.plot('seg', osp.join(wd, 'seg'), ['loss', 'decode.acc_seg', 'lr', 'mIoU'])
@@ -314,6 +358,10 @@ def main(argv=None) -> int:
                 'bbox_mAP_50': _pct(det.get('coco/bbox_mAP_50')),
                 'segm_mAP': _pct(det.get('coco/segm_mAP')),
                 'segm_mAP_50': _pct(det.get('coco/segm_mAP_50'))},
+        # per class: segmentation IoU (single scale) and mask AP (COCO mAP@[.5:.95], percent)
+        'per_class': {name: {'IoU': seg_classes.get(name, {}).get('IoU'),
+                             'mask_AP': _pct(det.get(f'coco/{name}_precision'))}
+                      for name in seg_classes},
     }
     rel = _display_path
     summary = dict(
@@ -342,11 +390,17 @@ def main(argv=None) -> int:
             ('instance seg.', 'Mask R-CNN + NAT (tiny)', 'mask mAP', scores['det']['segm_mAP']),
             ('instance seg.', 'Mask R-CNN + NAT (tiny)', 'mask mAP@0.5', scores['det']['segm_mAP_50'])]
     table = render_table(rows)
+    class_rows = [('class', 'IoU (seg)', 'mask AP (Mask R-CNN)')] + [
+        (name, _fmt(v['IoU']), _fmt(v['mask_AP'])) for name, v in scores['per_class'].items()]
+    class_table = render_table(class_rows) if len(class_rows) > 1 else '(no per-class results)'
     n_val = summary['settings']['val_images']
     md = [f'# localattn demo ({profile_name})', '',
           f'Scores (percent) on the {n_val} synthetic validation images after '
           f'{profile["seg_iters"]} (seg) / {profile["det_iters"]} (det) training iterations '
-          'from scratch on CPU.', '', table, '',
+          'on CPU: the segmenter from scratch, Mask R-CNN '
+          + ('with its backbone initialised from the segmenter\'s (`init_cfg=dict(type=\'Pretrained\')`).'
+             if profile.get('det_init') == 'seg' else 'from scratch.'), '', table, '',
+          'Per class:', '', class_table, '',
           f'Wall time: {total:.0f} s (' + ', '.join(f'{k} {v:.0f} s' for k, v in demo.timings.items())
           + ').', '',
           f'- Prediction pictures: `{rel(seg_pics)}`, `{rel(det_pics)}`'
@@ -362,6 +416,8 @@ def main(argv=None) -> int:
 
     demo.banner('6/6 summary')
     print(table)
+    print()
+    print(class_table)
     print(f'\nwall time {total:.0f} s; summary: {rel(osp.join(wd, "summary.md"))}, '
           f'{rel(osp.join(wd, "summary.json"))}')
     print(f'pictures: {rel(seg_pics)}, {rel(det_pics)}; plots: {rel(seg_plot)}, {rel(det_plot)}')
