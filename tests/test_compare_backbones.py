@@ -2,6 +2,7 @@
 report, failure handling, and a ``--quick`` run end to end through the real train/test tools."""
 import argparse
 import csv
+import glob
 import importlib.util
 import os
 import os.path as osp
@@ -290,3 +291,22 @@ def test_quick_comparison_end_to_end(tmp_path):
     assert cb.cached_result(finetune[0], dict(data_params, num_train=9)) is None
     finetune[0].seed = 1
     assert cb.cached_result(finetune[0], data_params) is None
+
+    # per-class IoU from the test logs, in the CSV and the markdown
+    for row in rows:
+        assert {f'IoU_{n}' for n in ('background', 'circle', 'square', 'star', 'triangle')} <= set(row)
+    assert 'Per-class IoU of the segmenters' in text
+
+    # --report-only trains nothing and reports the runs already there; a missing one is listed as failed
+    before = sorted(glob.glob(str(work / 'runs' / '**' / '*.pth'), recursive=True))
+    os.remove(work / 'compare.csv')
+    proc = _tool('--report-only', '--backbones', 'nat', 'resnet', '--tasks', 'seg', '--seeds', '0', '--quick',
+                 '--work-dir', str(work), cwd=str(tmp_path))
+    assert proc.returncode == 0, (proc.stdout + proc.stderr)[-6000:]
+    with open(work / 'compare.csv') as f:
+        again = list(csv.DictReader(f))
+    assert [(r['backbone'], r['mIoU']) for r in again] == [(r['backbone'], r['mIoU']) for r in rows]
+    assert sorted(glob.glob(str(work / 'runs' / '**' / '*.pth'), recursive=True)) == before
+    proc = _tool('--report-only', '--backbones', 'nat', '--tasks', 'seg', '--seeds', '0', '1', '--quick',
+                 '--work-dir', str(work), cwd=str(tmp_path))
+    assert proc.returncode == 1 and 'no result' in (work / 'compare.md').read_text()

@@ -7,7 +7,7 @@ Usage::
         [--seeds 0 1 2] [--tasks seg det] [--pretrain-iters N] [--seg-iters N] [--det-iters N]
         [--seg-val-interval N] [--det-val-interval N] [--pretrain-val-interval N]
         [--num-train N] [--num-val N] [--threads N] [--parallel K]
-        [--data-root DIR] [--work-dir work_dirs/compare] [--quick] [--force]
+        [--data-root DIR] [--work-dir work_dirs/compare] [--quick] [--force] [--report-only]
 
 What it does, for every backbone of :data:`BACKBONES` (all matched to the demo's tiny NAT: widths
 32/64/128/256, 5 blocks) and every seed:
@@ -52,18 +52,23 @@ Outputs under ``--work-dir`` (default ``work_dirs/compare``):
   - ``train_wall_s``: wall time of the training process (s); ``iters``: training iterations;
   - ``pretrain_iters`` (0: from scratch; empty for the pretraining runs), ``pretrained_from`` (the
     checkpoint), ``pretrain_loaded`` (fraction of the backbone's parameter values it filled: 1.0);
-  - ``run_dir``, ``log`` (the training log), ``error`` (why a run failed).
+  - ``run_dir``, ``log`` (the training log), ``error`` (why a run failed);
+  - ``IoU_<class>`` (seg; percent, single scale, from the per-class table of the run's test log).
 * ``compare.md``: one row per backbone: ``params (M)`` and ``FLOPs (G)`` of the backbone alone
   (multiply-adds of one 1x3x128x128 forward, attention counted analytically by
   :func:`localattn.analysis.count_flops_params`, the counter of ``get_flops.py``), then ``mean ± std``
   over seeds (sample std; the mean alone for one seed) of every metric above (scores in percent,
   s/iter, peak memory in MB: CUDA memory where logged, else peak RSS), the number of seeds and the
   failed runs; then one sentence per metric naming the best backbone, its lead over the runner-up and
-  whether that lead exceeds the larger of their two stds.
+  whether that lead exceeds the larger of their two stds; then the segmenters' per-class IoU
+  (mean ± std over seeds).
 * ``compare.png``: bars of mIoU and mask mAP (error bars: std over seeds) and of s/iter.
 * ``configs/<task>_<backbone>.py`` (the exact config of each task and backbone),
   ``runs/<task>/<backbone>/seed<k>/`` (checkpoints, test results, ``result.json``) and
   ``logs/<task>_<backbone>_seed<k>_{train,test}.log``.
+
+``--report-only`` trains nothing and writes the reports of the runs already under ``--work-dir``
+(for example after ``--tasks seg`` and ``--tasks det`` were run separately).
 
 ``--quick`` trains a handful of iterations on a handful of images: a smoke test whose scores are
 meaningless. The default data root is ``<work-dir>/data`` so that the comparison never rewrites the
@@ -756,6 +761,10 @@ def render_markdown(rows: Sequence[dict], complexity_of: Dict[str, Tuple[float, 
         lines += ['**--quick: a few iterations on a few images. These scores are meaningless (smoke test).**', '']
     lines += list(extra_lines) + ['', summary_table(stats, complexity_of, rows, metrics), '']
     lines += [f'- {s}' for s in (winner_sentence(m, stats) for m in metrics) if s]
+    names = add_class_ious(rows)
+    if names:
+        lines += ['', 'Per-class IoU of the segmenters (percent, single scale, mean ± std over seeds):', '',
+                  class_table(rows, names)]
     failed = [r for r in rows if r.get('status') != 'ok']
     if failed:
         lines += ['', f'## FAILED runs ({len(failed)})', '']
@@ -769,12 +778,60 @@ def render_markdown(rows: Sequence[dict], complexity_of: Dict[str, Tuple[float, 
     return '\n'.join(lines)
 
 
+def add_class_ious(rows: Sequence[dict]) -> List[str]:
+    """Add ``IoU_<class>`` (percent, single scale) to every successful seg row, parsed from the
+    per-class table of its ``tools/test.py`` log; returns the class names found."""
+    names: List[str] = []
+    for row in rows:
+        if row.get('task') != 'seg' or row.get('status') != 'ok' or not row.get('log'):
+            continue
+        test_log = row['log'].replace('_train.log', '_test.log')
+        if not osp.isfile(test_log):
+            continue
+        with open(test_log, encoding='utf-8') as f:
+            table = demo.parse_class_table(f.read())
+        for name, values in table.items():
+            row[f'IoU_{name}'] = values.get('IoU')
+            if name not in names:
+                names.append(name)
+    return names
+
+
+def class_table(rows: Sequence[dict], names: Sequence[str]) -> str:
+    """Per-class IoU of the segmenters, mean ± std over seeds, one row per backbone."""
+    metrics = [Metric('seg', f'IoU_{n}', n, True, 1) for n in names]
+    stats = aggregate([r for r in rows if r.get('task') == 'seg'], metrics)
+    table = [['backbone'] + list(names)]
+    for backbone, values in stats.items():
+        table.append([LABELS.get(backbone, backbone)] + [fmt_stat(values.get(m.header), 1) for m in metrics])
+    return demo.render_table(table)
+
+
+def collect_results(work_dir: str, backbones: Sequence[str], seeds: Sequence[int],
+                    tasks: Sequence[str]) -> List[dict]:
+    """The rows of runs already made under ``work_dir`` (``--report-only``); a run without a result is
+    listed as failed (not run)."""
+    rows = []
+    for task in tasks:
+        for backbone in backbones:
+            for seed in seeds:
+                path = osp.join(work_dir, 'runs', task, backbone, f'seed{seed}', 'result.json')
+                if osp.isfile(path):
+                    with open(path, encoding='utf-8') as f:
+                        rows.append(json.load(f)['row'])
+                else:
+                    rows.append(dict(task=task, backbone=backbone, seed=seed, status='failed',
+                                     error=f'no result: {path} does not exist (not run)'))
+    return rows
+
+
 def write_csv(rows: Sequence[dict], path: str) -> None:
+    extra = sorted({k for row in rows for k in row if k.startswith('IoU_')})
     with open(path, 'w', newline='', encoding='utf-8') as f:
-        writer = csv.DictWriter(f, fieldnames=RUN_COLUMNS, extrasaction='ignore')
+        writer = csv.DictWriter(f, fieldnames=list(RUN_COLUMNS) + extra, extrasaction='ignore')
         writer.writeheader()
         for row in rows:
-            writer.writerow({k: ('' if row.get(k) is None else row.get(k)) for k in RUN_COLUMNS})
+            writer.writerow({k: ('' if row.get(k) is None else row.get(k)) for k in list(RUN_COLUMNS) + extra})
 
 
 def plot(rows: Sequence[dict], path: str, title: str = '') -> Optional[str]:
@@ -840,6 +897,9 @@ def parse_args(argv=None) -> argparse.Namespace:
     parser.add_argument('--quick', action='store_true',
                         help='a few iterations on a few images (smoke test; scores are meaningless)')
     parser.add_argument('--force', action='store_true', help='rerun runs whose results exist')
+    parser.add_argument('--report-only', action='store_true',
+                        help='train nothing: write the reports from the results already under --work-dir '
+                        '(e.g. after running --tasks seg and --tasks det separately)')
     args = parser.parse_args(argv)
     if args.parallel < 1:
         parser.error('--parallel must be >= 1')
@@ -904,6 +964,7 @@ def write_reports(rows: List[dict], complexity_of: dict, settings: dict, notes: 
                   seeds: Sequence[int]) -> str:
     """``compare.csv``, ``compare.md``, ``compare.png`` under ``work_dir``; returns the markdown."""
     rows.sort(key=lambda r: (list(BACKBONES).index(r['backbone']), ['cls', 'seg', 'det'].index(r['task']), r['seed']))
+    add_class_ious(rows)
     write_csv(rows, osp.join(work_dir, 'compare.csv'))
     markdown = render_markdown(rows, complexity_of, settings, notes)
     with open(osp.join(work_dir, 'compare.md'), 'w', encoding='utf-8') as f:
@@ -911,6 +972,24 @@ def write_reports(rows: List[dict], complexity_of: dict, settings: dict, notes: 
     quick = ' (--quick: meaningless scores)' if settings['profile'] == 'quick' else ''
     plot(rows, osp.join(work_dir, 'compare.png'), f'mean ± std over seeds {", ".join(map(str, seeds))}{quick}')
     return markdown
+
+
+def report_only(args: argparse.Namespace, settings: dict, work_dir: str) -> int:
+    """``--report-only``: the reports of the runs already made (their own settings are in the rows)."""
+    rows = collect_results(work_dir, args.backbones, args.seeds, args.tasks)
+    scopes = [TASKS[t].scope for t in args.tasks]
+    complexity_of = measure_backbones(args.backbones, scopes)
+    done = [r for r in rows if r.get('status') == 'ok']
+    iters = {t: sorted({r.get('iters') for r in done if r['task'] == t}) for t in args.tasks}
+    notes = [f'Report of the runs under `{_rel(work_dir)}` (`--report-only`): '
+             + '; '.join(f'{t} {", ".join(map(str, n))} iterations (configs: `{_rel(work_dir)}/configs/{t}_*.py`)'
+                         for t, n in iters.items() if n) + '.']
+    print(write_reports(rows, complexity_of, settings, notes, work_dir, args.seeds))
+    failed = [r for r in rows if r.get('status') != 'ok']
+    if failed:
+        print(f'\nCOMPARISON INCOMPLETE: {len(failed)} run(s) without a result', file=sys.stderr)
+        return 1
+    return 0
 
 
 def main(argv=None) -> int:
@@ -922,6 +1001,8 @@ def main(argv=None) -> int:
     threads = args.threads or (int(env_threads) if env_threads else demo.auto_threads())
     os.makedirs(work_dir, exist_ok=True)
     _import_localattn()
+    if args.report_only:
+        return report_only(args, settings, work_dir)
     pretraining = settings['pretrain_iters'] > 0
     stages = (['cls pretrain'] if pretraining else []) + args.tasks
     print(f'compare_backbones ({settings["profile"]}): {", ".join(args.backbones)} x seeds {args.seeds} x '
