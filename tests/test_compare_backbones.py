@@ -309,4 +309,6 @@ def test_quick_comparison_end_to_end(tmp_path):
     assert sorted(glob.glob(str(work / 'runs' / '**' / '*.pth'), recursive=True)) == before
     proc = _tool('--report-only', '--backbones', 'nat', '--tasks', 'seg', '--seeds', '0', '1', '--quick',
                  '--work-dir', str(work), cwd=str(tmp_path))
-    assert proc.returncode == 1 and 'no result' in (work / 'compare.md').read_text()
+    text = (work / 'compare.md').read_text()
+    assert proc.returncode == 1 and '## Not run (1)' in text and 'seg nat seed 1: no result' in text
+    assert 'FAILED' not in text

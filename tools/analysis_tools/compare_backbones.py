@@ -724,11 +724,16 @@ def winner_sentence(metric: Metric, stats: Dict[str, Dict[str, Stat]]) -> Option
     return text + f'; the difference is within the larger std ({spread:.{d}f}): not a clear win.'
 
 
+#: Status of a run ``--report-only`` found no result for (listed apart from the failed runs).
+NOT_RUN = 'not run'
+
+
 def failures(rows: Sequence[dict]) -> Dict[str, List[str]]:
     out: Dict[str, List[str]] = {}
     for row in rows:
         if row.get('status') != 'ok':
-            out.setdefault(row['backbone'], []).append(f'{row["task"]} seed {row["seed"]}')
+            out.setdefault(row['backbone'], []).append(
+                f'{row["task"]} seed {row["seed"]}' + (' (not run)' if row.get('status') == NOT_RUN else ''))
     return out
 
 
@@ -765,11 +770,15 @@ def render_markdown(rows: Sequence[dict], complexity_of: Dict[str, Tuple[float, 
     if names:
         lines += ['', 'Per-class IoU of the segmenters (percent, single scale, mean ± std over seeds):', '',
                   class_table(rows, names)]
-    failed = [r for r in rows if r.get('status') != 'ok']
+    failed = [r for r in rows if r.get('status') not in ('ok', NOT_RUN)]
     if failed:
         lines += ['', f'## FAILED runs ({len(failed)})', '']
         lines += [f'- {r["task"]} {r["backbone"]} seed {r["seed"]}: {_first_line(r.get("error"))} '
                   f'(log: `{r.get("log")}`)' for r in failed]
+    missing = [r for r in rows if r.get('status') == NOT_RUN]
+    if missing:
+        lines += ['', f'## Not run ({len(missing)})', '']
+        lines += [f'- {r["task"]} {r["backbone"]} seed {r["seed"]}: {r.get("error")}' for r in missing]
     lines += ['', 'Params / FLOPs: the backbone alone, multiply-adds of one 1x3x128x128 forward (attention counted '
               'analytically). Scores: percent on the synthetic val split, mean ± sample std over seeds. s/iter: '
               'mean training step time after warm-up (comparable between runs of the same --threads / --parallel '
@@ -820,8 +829,8 @@ def collect_results(work_dir: str, backbones: Sequence[str], seeds: Sequence[int
                     with open(path, encoding='utf-8') as f:
                         rows.append(json.load(f)['row'])
                 else:
-                    rows.append(dict(task=task, backbone=backbone, seed=seed, status='failed',
-                                     error=f'no result: {path} does not exist (not run)'))
+                    rows.append(dict(task=task, backbone=backbone, seed=seed, status=NOT_RUN,
+                                     error=f'no result: {path} does not exist'))
     return rows
 
 
