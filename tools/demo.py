@@ -42,10 +42,10 @@ SEG_CONFIG = osp.join(ROOT, 'configs', '_demo_', 'upernet_nat-demo_synthetic-128
 DET_CONFIG = osp.join(ROOT, 'configs', '_demo_', 'mask-rcnn_nat-demo_fpn_synthetic.py')
 
 #: Settings of the full demo and of ``--quick``. The full profile trains the configs' own schedules
-#: (``max_iters`` 1800 / 800) and fills the 12-minute budget of the demo on 2 CPU cores.
+#: (``max_iters`` 1400 / 640) and fills the 12-minute budget of the demo on 2 CPU cores.
 PROFILES = {
     'full': dict(num_train=256, num_val=48, size=128, seed=0,
-                 seg_iters=1800, seg_val_interval=600, det_iters=800, det_val_interval=400,
+                 seg_iters=1400, seg_val_interval=700, det_iters=640, det_val_interval=320,
                  det_init='seg', num_pictures=8),
     'quick': dict(num_train=8, num_val=4, size=128, seed=0,
                   seg_iters=4, seg_val_interval=4, det_iters=4, det_val_interval=4,

@@ -160,7 +160,7 @@ optim_wrapper = dict(
         'norm': dict(decay_mult=0.),
     }),
     clip_grad=dict(max_norm=10.0))
-max_iters = 800  # tools/demo.py's full profile trains exactly this schedule
+max_iters = 640  # tools/demo.py's full profile trains exactly this schedule
 param_scheduler = [
     dict(type='LinearLR', start_factor=0.1, by_epoch=False, begin=0, end=50),
     dict(type='CosineAnnealingLR', eta_min=1e-5, by_epoch=False, begin=50, end=max_iters,

@@ -1,7 +1,7 @@
 # UPerNet + FCN auxiliary head on a tiny NAT, trained from scratch on the synthetic shapes dataset.
 #
 # A CPU-sized demo of the ADE20K recipe (`tools/demo.py` / `make demo`): 5 classes (background +
-# 4 shapes), 128x128 images, 1800 iterations of 4 images. The data root defaults to
+# 4 shapes), 128x128 images, 1400 iterations of 4 images. The data root defaults to
 # <repo>/data/synthetic (written by tools/dataset_converters/generate_synthetic.py) wherever you run
 # from; point it at another generator output ROOT with
 #   --cfg-options train_dataloader.dataset.data_root=ROOT/seg val_dataloader.dataset.data_root=ROOT/seg \
@@ -147,7 +147,7 @@ optim_wrapper = dict(
         'norm': dict(decay_mult=0.),
     }),
     clip_grad=dict(max_norm=5.0))
-max_iters = 1800  # tools/demo.py's full profile trains exactly this schedule
+max_iters = 1400  # tools/demo.py's full profile trains exactly this schedule
 param_scheduler = [
     dict(type='LinearLR', start_factor=0.05, by_epoch=False, begin=0, end=30),
     dict(type='PolyLR', eta_min=1e-5, power=1.0, by_epoch=False, begin=30, end=max_iters),
