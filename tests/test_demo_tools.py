@@ -127,6 +127,26 @@ def test_demo_full_profile_trains_the_configs_own_schedules():
         assert max(s.get('end', 0) for s in cfg.param_scheduler) == full[key]
 
 
+def test_demo_threads_follow_the_cores_idle_now(monkeypatch):
+    """Threads = idle cores, measured over a short window from /proc/stat (the load average lags
+    behind: right after `make setup` it still counts the cores as busy)."""
+    read_proc_stat = demo._cpu_times
+    samples = iter([(1000, 4000), (1150, 4200)])  # 150 of 200 jiffies idle: a quarter busy
+    monkeypatch.setattr(demo, '_cpu_times', lambda: next(samples))
+    monkeypatch.setattr(demo.time, 'sleep', lambda s: None)
+    monkeypatch.setattr(demo.os, 'cpu_count', lambda: 4)
+    monkeypatch.setattr(demo.os, 'getloadavg', lambda: (4.0, 4.0, 4.0))  # stale: must not be used
+    assert demo.busy_cores() == pytest.approx(1.0)
+    monkeypatch.setattr(demo, '_cpu_times', lambda: None)  # no /proc/stat: the load average
+    assert demo.busy_cores() == 4.0
+    cores = len(os.sched_getaffinity(0)) if hasattr(os, 'sched_getaffinity') else os.cpu_count()
+    assert demo.auto_threads(busy=0.0) == cores
+    assert demo.auto_threads(busy=cores + 3.0) == 1
+    if sys.platform.startswith('linux'):
+        times = read_proc_stat()
+        assert times is not None and 0 <= times[0] <= times[1]
+
+
 MMSEG_CLASS_TABLE = """
 11/28 23:25:25 - mmengine - INFO - per class results:
 11/28 23:25:25 - mmengine - INFO -

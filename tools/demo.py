@@ -210,7 +210,34 @@ class Demo:
         return out
 
 
-def auto_threads() -> int:
+def _cpu_times() -> Optional[tuple]:
+    """``(idle, total)`` jiffies of all CPUs from ``/proc/stat`` (Linux), else None."""
+    try:
+        with open('/proc/stat', encoding='ascii') as f:
+            fields = [int(v) for v in f.readline().split()[1:]]
+    except (OSError, ValueError):
+        return None
+    return (fields[3] + (fields[4] if len(fields) > 4 else 0), sum(fields)) if len(fields) >= 4 else None
+
+
+def busy_cores(window: float = 0.5) -> float:
+    """CPU cores busy with other work right now: measured over ``window`` seconds from
+    ``/proc/stat``, else the 1-minute load average (which lags: right after a busy period, such as
+    the mmcv build of ``make setup``, it still reports the cores as busy)."""
+    first = _cpu_times()
+    if first is not None:
+        time.sleep(window)
+        second = _cpu_times()
+        if second is not None and second[1] > first[1]:
+            cores = os.cpu_count() or 1
+            return cores * (1.0 - (second[0] - first[0]) / (second[1] - first[1]))
+    try:
+        return os.getloadavg()[0]
+    except OSError:
+        return 0.0
+
+
+def auto_threads(busy: Optional[float] = None) -> int:
     """Intra-op threads for the subprocesses: the CPU cores not busy with other work.
 
     PyTorch's OpenMP threads spin-wait; on cores that other processes also use they slow down by
@@ -220,10 +247,7 @@ def auto_threads() -> int:
         cores = len(os.sched_getaffinity(0))
     except AttributeError:  # not Linux
         cores = os.cpu_count() or 1
-    try:
-        busy = os.getloadavg()[0]
-    except OSError:
-        busy = 0.0
+    busy = busy_cores() if busy is None else busy
     return max(1, min(cores, int(cores - busy + 0.5)))
 
 
