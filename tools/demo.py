@@ -20,7 +20,7 @@ Steps (each through the user-facing tools, as subprocesses whose progress is str
 6. A summary table with per-class IoU / mask AP, also written to ``<work-dir>/summary.json`` and
    ``summary.md``.
 
-The full run takes about 11 minutes on two CPU cores; ``--quick`` trains a few iterations on a handful
+The full run takes about 12 minutes on two CPU cores; ``--quick`` trains a few iterations on a handful
 of images (a smoke test: the scores are then meaningless). Full outputs are logged to
 ``<work-dir>/logs/<step>.log``; the terminal shows the progress lines.
 """
