@@ -36,6 +36,12 @@ def test_quick_cpu_run_writes_a_complete_report(tmp_path):
     corr = by_section['correctness']
     assert len(corr) == 4 and all(r['status'] == 'PASS' and 'drpb' in r['note'] for r in corr)
     assert all(float(r['value']) < 1e-5 for r in corr if 'float32' in r['metric'])
+    # launch settings of the triton kernels: each candidate timed and checked against the current one
+    tuning = by_section['triton_tuning']
+    labels = {r['backend'] for r in tuning}
+    assert len(labels) == 2 and all(r['status'] == '' for r in tuning)
+    assert sum(r['metric'] == 'ms' for r in tuning) == 2
+    assert all(float(r['note'].rsplit(': ', 1)[1]) < 1e-5 for r in tuning if r['metric'] == 'fwd+bwd ms')
     # bf16-autocast training steps of NAT, DiNAT (triton) and QnA-ViT
     steps = by_section['train_steps']
     assert {r['case'].split()[0] for r in steps} == {'NAT-Tiny', 'DiNAT-Tiny', 'QnA-ViT-Tiny'}
@@ -50,4 +56,5 @@ def test_quick_cpu_run_writes_a_complete_report(tmp_path):
     assert by_section['ratios']
     report = (tmp_path / 'gpu_check.md').read_text()
     assert '## correctness' in report and '## summary' in report and '0 FAIL rows' in report
+    assert 'fastest: ' in report
     assert (tmp_path / 'gpu_check.json').exists()

@@ -177,9 +177,10 @@ def test_tiling_efficiency(shape, dilation):
 
 
 def test_computed_pairs_counts_the_kernel_loops():
-    """computed_pairs equals an explicit walk over the forward kernel's tiles and key steps."""
+    """computed_pairs equals an explicit walk over the forward kernel's tiles and key blocks."""
     axes = (AxisSpec(13, 5, 2), AxisSpec(11, 3))
     t = tri.tiling(5, 3)
+    assert t.krh > 1  # blocks of several box rows: the rounding below is exercised
     total = 0
     for gy in range(2):
         lgy = len(range(gy, 13, 2))
@@ -189,8 +190,25 @@ def test_computed_pairs_counts_the_kernel_loops():
             for x0 in range(0, 11, t.tqw):
                 sx = [min(max(i - 1, 0), 11 - 3) for i in range(x0, min(x0 + t.tqw, 11))]
                 cols = sx[-1] + 3 - sx[0]
-                total += t.tqh * t.tqw * rows * t.kw * -(-cols // t.kw)
+                total += t.tqh * t.tqw * t.krh * -(-rows // t.krh) * t.kw * -(-cols // t.kw)
     assert tri.computed_pairs(axes) == total
+
+
+def test_tiling_blocks():
+    """Key / query blocks hold about ``step_keys`` tokens, never more rows than a box has; RPB bins fit."""
+    for k in range(2, 16):
+        for step in (1, 32, 64, 128):
+            t = tri.tiling(k, k, step_keys=step)
+            assert t.kw >= 2 * k - 1 and t.rpy >= 2 * k - 1 and t.qw >= t.tkw + k - 1
+            assert t.krh == 1 or t.krh * t.kw <= step
+            assert t.krh <= tri._pow2(t.tqh + k - 1) and t.qrh <= tri._pow2(t.tkh + k - 1)
+            assert t.tqh * t.krh < 16 or t.rpy >= 16
+        one_d = tri.tiling(1, k)
+        assert one_d.tqh == one_d.krh == one_d.qrh == 1
+    assert tri.tiling(7, 7, step_keys=1).krh == 1 and tri.tiling(7, 7, step_keys=64).krh == 4
+    assert tri.tiling(7, 7, warps=4, stages=3, maxnreg=128)[-3:] == (4, 3, 128)
+    with pytest.raises(ValueError, match='step_keys'):
+        tri.tiling(7, 7, rows=2)
 
 
 def _worker_main() -> None:
@@ -235,8 +253,8 @@ def test_kernels_compile_for_hopper(dtype, one_d):
     t = tri.tiling(1 if one_d else 7, 7)
     pointers = dict({n: f'*{dtype}' for n in ('Q', 'K', 'V', 'Out', 'DO', 'DQ', 'DK', 'DV')},
                     LSE='*fp32', DELTA='*fp32', RPB='*fp32', DRPB='*fp32')
-    consts = dict(D=32, BD=32, HAS_RPB=True, IEEE=dtype == 'fp32', UPCAST=False, TQH=t.tqh, TQW=t.tqw,
-                  KW=t.kw, RPY=t.rpy, TKH=t.tkh, TKW=t.tkw, QW=t.qw)
+    consts = dict(D=32, BD=32, HAS_RPB=True, IEEE=dtype == 'fp32', UPCAST=False,
+                  **{name.upper(): value for name, value in t._asdict().items()})
     target = GPUTarget('cuda', 90, 32)
     backend = make_backend(target)
     options = backend.parse_options({})

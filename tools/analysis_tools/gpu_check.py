@@ -9,6 +9,10 @@ Needs torch and triton. The backbone sections also need mmengine and mmcv (the p
 packages are missing is reported as skipped. Sections run in order of importance and each checks the
 remaining ``--budget``; whatever ran is written even when a later section fails.
 
+Section ``triton_tuning`` times the candidate launch settings of the triton kernels (``CANDIDATES`` of
+``triton_resources.py``) on NAT-Tiny's NA calls and keeps the fastest for the sections after it; the
+report names it.
+
 On CPU (``--device cpu``) the Triton kernels run in Triton's interpreter (``TRITON_INTERPRET=1`` is
 set before anything imports triton) on small shapes and tiny backbones; timings there only show that
 the code runs.
@@ -41,8 +45,8 @@ def parse_args(argv=None) -> argparse.Namespace:
     return p.parse_args(argv)
 
 
-SECTIONS = ('correctness', 'train_steps', 'na_speed', 'backbone_speed', 'flex_correctness', 'flex_speed',
-            'flex_backbone_speed')
+SECTIONS = ('correctness', 'triton_tuning', 'train_steps', 'na_speed', 'backbone_speed', 'flex_correctness',
+            'flex_speed', 'flex_backbone_speed')
 
 ROOT = Path(__file__).resolve().parents[2]
 
@@ -385,6 +389,76 @@ def section_na_speed(rep, torch, na, device, quick, deadline, timer, backends, w
                 torch.cuda.empty_cache()
 
 
+#: NAT-Tiny's NA calls per training step at 224 (stage map, heads, layers): the tuning score
+TUNING_SHAPES = [('224 stage1 56x56', 64, 56, 56, 2, 2), ('224 stage2 28x28', 64, 28, 28, 4, 2),
+                 ('224 stage3 14x14', 64, 14, 14, 8, 6), ('224 stage4 7x7', 64, 7, 7, 16, 2)]
+QUICK_TUNING_SHAPES = [('quick 12x13', 1, 12, 13, 1, 1)]
+
+
+def section_triton_tuning(rep, torch, na, device, quick, deadline, timer) -> None:
+    """Time every candidate launch setting of the triton kernels (``TUNING`` of the backend) on
+    NAT-Tiny's NA calls, check each against the current setting's results, and keep the fastest for the
+    rest of the run (the report says which; ``TUNING`` in ``ops/na/backends/triton.py`` is the place to
+    make it the default)."""
+    from localattn.ops.na.backends import triton as tri
+    sys.path.insert(0, str(Path(__file__).resolve().parent))
+    from triton_resources import CANDIDATES, parse_tuning, tuning_label
+    sec = 'triton_tuning'
+    start = dict(tri.TUNING)
+    candidates = [start] + [c for c in map(parse_tuning, CANDIDATES[:1] if quick else CANDIDATES) if c != start]
+    shapes = QUICK_TUNING_SHAPES if quick else TUNING_SHAPES
+    dtype = torch.bfloat16 if device == 'cuda' else torch.float32
+    k, dim = 7, 32
+    inputs, baseline, totals = {}, {}, {}
+    for name, batch, hh, ww, heads, _layers in shapes:
+        torch.manual_seed(0)
+        shape = (batch, hh, ww, heads, dim)
+        inputs[name] = ([torch.randn(shape, device=device, dtype=dtype, requires_grad=True) for _ in range(3)]
+                        + [torch.randn(heads, 2 * k - 1, 2 * k - 1, device=device, requires_grad=True),
+                           torch.randn(shape, device=device, dtype=dtype)])
+    try:
+        for settings in candidates:
+            label = tuning_label(settings)
+            tri.TUNING.update(settings)
+            total = 0.0
+            for name, batch, _hh, _ww, heads, layers in shapes:
+                if time.perf_counter() > deadline:
+                    rep.note(sec, f'budget reached before {label} / {name}')
+                    return
+                q, kk, v, rpb, go = inputs[name]
+                try:
+                    def run():
+                        out = na.na2d(q, kk, v, k, rpb=rpb, backend='triton')
+                        out.backward(go)
+                        return out
+                    for t in (q, kk, v, rpb):
+                        t.grad = None
+                    results = [run().detach()] + [t.grad.detach().clone() for t in (q, kk, v, rpb)]
+                    if name not in baseline:
+                        baseline[name] = results
+                    diff = max(((a.float() - b.float()).abs().max() / b.float().abs().max().clamp_min(1e-12)).item()
+                               for a, b in zip(results, baseline[name]))
+                    t = timer(run, warmup=2, reps=10 if not quick else 1, max_seconds=5)
+                    total += t * layers
+                    ok = diff <= TOL[str(dtype).replace('torch.', '')]
+                    rep.add(sec, f'{name} b{batch} h{heads} k{k}', f'triton {label}', 'fwd+bwd ms', t * 1e3,
+                            '' if ok else 'FAIL', f'max rel diff to {tuning_label(start)}: {diff:.1e}')
+                except Exception as e:  # noqa: BLE001
+                    rep.add(sec, name, f'triton {label}', 'error', type(e).__name__, 'FAIL', _err(e))
+                    total = float('inf')
+            totals[label] = (total, settings)
+            rep.add(sec, 'NAT-Tiny NA per training step (sum over layers)', f'triton {label}', 'ms', total * 1e3)
+    finally:
+        tri.TUNING.update(start)
+    if totals:
+        best_label, (best, settings) = min(totals.items(), key=lambda kv: kv[1][0])
+        if best < float('inf'):
+            tri.TUNING.update(settings)
+            rep.note(sec, f'fastest: {best_label} ({best * 1e3:.2f} ms of NA per NAT-Tiny step, '
+                     f'{tuning_label(start)}: {totals[tuning_label(start)][0] * 1e3:.2f} ms); '
+                     f'the rest of this run uses it (TUNING = {settings})')
+
+
 def section_ratios(rep: Report) -> None:
     """Side-by-side ratios of what the speed sections measured in this run."""
     sec = 'ratios'
@@ -463,6 +537,7 @@ def main(argv=None) -> int:
 
     run('correctness', lambda: check_backend(rep, torch, na, args.device, 'triton', cases, 'correctness',
                                              deadline))
+    run('triton_tuning', lambda: section_triton_tuning(rep, torch, na, args.device, args.quick, deadline, timer))
     run('train_steps', lambda: section_train_steps(rep, torch, args.device, args.quick, deadline, 'triton'))
     run('na_speed', lambda: section_na_speed(rep, torch, na, args.device, args.quick, deadline, timer,
                                              ['triton']))

@@ -8,10 +8,11 @@ last dim contiguous), so slices of a fused qkv projection are read in place.
 
 Tiles are 2-D boxes of the group's local coordinates. A forward / dq program owns a ``TQH x TQW``
 query tile and walks the key box its windows cover (at most ``TQH + k - 1`` rows of
-``TQW + k - 1`` columns, since window starts move by at most one per query step), one box row at a
-time in chunks of ``KW`` columns; the dk/dv program owns a ``TKH x TKW`` key tile and walks the
-queries whose windows hold those keys (inverse windows, wider at the borders), one row at a time in
-chunks of ``QW`` columns. Pairs outside the exact window are masked, so every output is exact.
+``TQW + k - 1`` columns, since window starts move by at most one per query step) in blocks of
+``KRH`` box rows x ``KW`` columns (one flat loop over the blocks, so the compiler can pipeline its
+loads); the dk/dv program owns a ``TKH x TKW`` key tile and walks the queries whose windows hold those
+keys (inverse windows, wider at the borders) in blocks of ``QRH`` rows x ``QW`` columns. Pairs outside
+the exact window are masked, so every output is exact.
 
 Window rule (stride 1, non-causal), local index ``i`` on an axis of group length ``Lg``:
 ``start(i) = clamp(i - k // 2, 0, Lg - k)``; key ``j`` is in the window of queries
@@ -100,26 +101,44 @@ def _key_box(y0, x0, lgy, lgx, kyk, kxk, TQH: tl.constexpr, TQW: tl.constexpr):
 
 
 @triton.jit
-def _key_step(K, k_base, sky, skx, gy, gx, dy, dx, r, c0, c_hi, Vy, Vx, d, d_ok, KW: tl.constexpr):
-    """Keys ``c0 .. c0 + KW`` of box row ``r``: local columns, validity, the keys as ``[BD, KW]``,
-    and the token offsets (without the head dim) for loading values the same way."""
-    yk = gy + dy * r
-    kc = c0 + tl.arange(0, KW)
-    xk = gx + dx * kc
-    k_ok = (kc < c_hi) & (xk < Vx) & (yk < Vy)
-    kt = tl.load(K + k_base + yk * sky + (xk * skx)[None, :] + d[:, None], mask=k_ok[None, :] & d_ok[:, None],
-                 other=0.)
-    return kc, k_ok, kt, yk, xk
+def _box_steps(lo_r, hi_r, lo_c, hi_c, RH: tl.constexpr, CW: tl.constexpr):
+    """Blocks of ``RH x CW`` covering rows ``[lo_r, hi_r)`` x columns ``[lo_c, hi_c)``: (count, per row)."""
+    n_c = tl.cdiv(hi_c - lo_c, CW)
+    return tl.cdiv(hi_r - lo_r, RH) * n_c, n_c
 
 
 @triton.jit
-def _logits(q, kt, r, kc, k_ok, qy, qx, row_in, sx, kyk, kxk, rpb_h, scale2,
+def _block(step, n_c, lo_r, lo_c, hi_r, hi_c, RH: tl.constexpr, CW: tl.constexpr):
+    """Local rows and columns ``[RH * CW]`` of block ``step`` and whether each lies inside the box."""
+    i = tl.arange(0, RH * CW)
+    r = lo_r + (step // n_c) * RH + i // CW
+    c = lo_c + (step % n_c) * CW + i % CW
+    return r, c, (r < hi_r) & (c < hi_c)
+
+
+@triton.jit
+def _key_block(K, k_base, sky, skx, gy, gx, dy, dx, step, n_c, r_lo, c_lo, r_hi, c_hi, Vy, Vx, d, d_ok,
+               RH: tl.constexpr, KW: tl.constexpr):
+    """Keys of block ``step`` of the key box: local rows and columns, validity, the keys as
+    ``[BD, RH * KW]``, and their global coordinates (for loading values the same way)."""
+    kr, kc, k_in = _block(step, n_c, r_lo, c_lo, r_hi, c_hi, RH, KW)
+    yk = gy + dy * kr
+    xk = gx + dx * kc
+    k_ok = k_in & (xk < Vx) & (yk < Vy)
+    kt = tl.load(K + k_base + (yk * sky + xk * skx)[None, :] + d[:, None], mask=k_ok[None, :] & d_ok[:, None],
+                 other=0.)
+    return kr, kc, k_ok, kt, yk, xk
+
+
+@triton.jit
+def _logits(q, kt, kr, kc, k_ok, qy, qx, q_ok, sy, sx, kyk, kxk, rpb_h, scale2,
             HAS_RPB: tl.constexpr, IEEE: tl.constexpr, UPCAST: tl.constexpr):
-    """Base-2 logits ``[BQ, KW]`` of a query tile against one key step (RPB added) and the window mask."""
+    """Base-2 logits ``[BQ, BK]`` of a query tile against one key block (RPB added) and the window mask."""
     s = _dot(q, kt, IEEE, UPCAST) * scale2
-    inwin = row_in[:, None] & k_ok[None, :] & (kc[None, :] >= sx[:, None]) & (kc[None, :] < sx[:, None] + kxk)
+    inwin = (q_ok[:, None] & k_ok[None, :] & (kr[None, :] >= sy[:, None]) & (kr[None, :] < sy[:, None] + kyk)
+             & (kc[None, :] >= sx[:, None]) & (kc[None, :] < sx[:, None] + kxk))
     if HAS_RPB:
-        ridx = (r - qy + kyk - 1)[:, None] * (2 * kxk - 1) + (kc[None, :] - qx[:, None] + kxk - 1)
+        ridx = (kr[None, :] - qy[:, None] + kyk - 1) * (2 * kxk - 1) + (kc[None, :] - qx[:, None] + kxk - 1)
         s += tl.load(rpb_h + ridx, mask=inwin, other=0.) * LOG2E
     return s, inwin
 
@@ -129,7 +148,7 @@ def na2d_fwd_kernel(Q, K, V, Out, LSE, RPB,
                     sqb, sqy, sqx, sqh, skb, sky, skx, skh, svb, svy, svx, svh, sob, soy, sox, soh,
                     heads, Ly, Lx, kyk, kxk, dy, dx, Vy, Vx, tiles_y, tiles_x, scale2,
                     D: tl.constexpr, BD: tl.constexpr, TQH: tl.constexpr, TQW: tl.constexpr,
-                    KW: tl.constexpr, HAS_RPB: tl.constexpr, IEEE: tl.constexpr,
+                    KRH: tl.constexpr, KW: tl.constexpr, HAS_RPB: tl.constexpr, IEEE: tl.constexpr,
                     UPCAST: tl.constexpr):
     """Forward: one program = one query tile of one dilation group, one (batch, head)."""
     bh = tl.program_id(1)
@@ -140,27 +159,26 @@ def na2d_fwd_kernel(Q, K, V, Out, LSE, RPB,
         sy, sx, d, d_ok, gq_y, gq_x, qmask, q = _query_tile(Q, b * sqb + h * sqh, sqy, sqx, gy, gx, dy, dx, qy, qx,
                                                             q_ok, lgy, lgx, kyk, kxk, D, BD)
         r_lo, r_hi, c_lo, c_hi = _key_box(y0, x0, lgy, lgx, kyk, kxk, TQH, TQW)
+        n_steps, n_c = _box_steps(r_lo, r_hi, c_lo, c_hi, KRH, KW)
         rpb_h = RPB + h * (2 * kyk - 1) * (2 * kxk - 1)
         m = tl.full([BQ], float('-inf'), tl.float32)
         denom = tl.zeros([BQ], tl.float32)
         acc = tl.zeros([BQ, BD], tl.float32)
-        for r in range(r_lo, r_hi):
-            row_in = q_ok & (r >= sy) & (r < sy + kyk)
-            for c0 in range(c_lo, c_hi, KW):
-                kc, k_ok, kt, yk, xk = _key_step(K, b * skb + h * skh, sky, skx, gy, gx, dy, dx, r, c0, c_hi,
-                                                 Vy, Vx, d, d_ok, KW)
-                s, inwin = _logits(q, kt, r, kc, k_ok, qy, qx, row_in, sx, kyk, kxk, rpb_h, scale2,
-                                   HAS_RPB, IEEE, UPCAST)
-                s = tl.where(inwin, s, float('-inf'))
-                m_new = tl.maximum(m, tl.max(s, 1))
-                m_use = tl.where(m_new == float('-inf'), 0., m_new)
-                p = tl.exp2(s - m_use[:, None])
-                alpha = tl.exp2(m - m_use)
-                denom = denom * alpha + tl.sum(p, 1)
-                v = tl.load(V + b * svb + h * svh + yk * svy + (xk * svx)[:, None] + d[None, :],
-                            mask=k_ok[:, None] & d_ok[None, :], other=0.)
-                acc = acc * alpha[:, None] + _dot(p.to(v.dtype), v, IEEE, UPCAST)
-                m = m_new
+        for step in range(n_steps):
+            kr, kc, k_ok, kt, yk, xk = _key_block(K, b * skb + h * skh, sky, skx, gy, gx, dy, dx, step, n_c,
+                                                  r_lo, c_lo, r_hi, c_hi, Vy, Vx, d, d_ok, KRH, KW)
+            s, inwin = _logits(q, kt, kr, kc, k_ok, qy, qx, q_ok, sy, sx, kyk, kxk, rpb_h, scale2,
+                               HAS_RPB, IEEE, UPCAST)
+            s = tl.where(inwin, s, float('-inf'))
+            m_new = tl.maximum(m, tl.max(s, 1))
+            m_use = tl.where(m_new == float('-inf'), 0., m_new)
+            p = tl.exp2(s - m_use[:, None])
+            alpha = tl.exp2(m - m_use)
+            denom = denom * alpha + tl.sum(p, 1)
+            v = tl.load(V + b * svb + h * svh + (yk * svy + xk * svx)[:, None] + d[None, :],
+                        mask=k_ok[:, None] & d_ok[None, :], other=0.)
+            acc = acc * alpha[:, None] + _dot(p.to(v.dtype), v, IEEE, UPCAST)
+            m = m_new
         has = denom > 0
         out = acc / tl.where(has, denom, 1.)[:, None]
         tl.store(Out + b * sob + h * soh + (gq_y * soy + gq_x * sox)[:, None] + d[None, :],
@@ -169,13 +187,38 @@ def na2d_fwd_kernel(Q, K, V, Out, LSE, RPB,
         tl.store(LSE + bh.to(tl.int64) * Ly * Lx + gq_y * Lx + gq_x, lse, mask=q_ok)
 
 
+@triton.jit
+def _rpb_grad_block(ds, r0, c0, y0, qx, kxk, kyk, TQH: tl.constexpr, TQW: tl.constexpr, KRH: tl.constexpr,
+                    KW: tl.constexpr, RPY: tl.constexpr):
+    """``[RPY, KW]``: the RPB gradient of one ``[BQ, KRH * KW]`` block of ``ds``, binned by relative offset.
+
+    ``ds[q, (rr, j)]`` (key row ``r0 + rr``, column ``c0 + j``) belongs to bin
+    ``(r0 + rr - qy + ky - 1, c0 + j - qx + kx - 1)``. A gather along the
+    columns shifts each query's row of ``ds`` so that its columns become relative-column bins, a sum
+    over the tile's columns leaves ``[TQH, KRH, KW]`` (every query of a tile row has the same relative
+    row for a key row), and a one-hot matrix of the relative rows sums those into ``RPY`` row bins.
+    """
+    BQ: tl.constexpr = TQH * TQW
+    rel = tl.arange(0, KW)
+    j = tl.broadcast_to(rel[None, None, :] + qx[:, None, None] - c0 - kxk + 1, (BQ, KRH, KW))
+    by_rx = tl.where((j >= 0) & (j < KW),
+                     tl.gather(tl.reshape(ds, (BQ, KRH, KW)), tl.minimum(tl.maximum(j, 0), KW - 1), 2), 0.)
+    by_row = tl.reshape(tl.sum(tl.reshape(by_rx, (TQH, TQW, KRH, KW)), 1), (TQH * KRH, KW))
+    i = tl.arange(0, TQH * KRH)
+    ry = (r0 - y0) + i % KRH - i // KRH + kyk - 1  # relative row of (tile row, block row)
+    hit = (tl.arange(0, RPY)[:, None] == ry[None, :]).to(tl.float32)  # [RPY, TQH * KRH]
+    if TQH * KRH >= 16:
+        return tl.dot(hit, by_row, input_precision='ieee')
+    return tl.sum(hit[:, :, None] * by_row[None, :, :], 1)
+
+
 @triton.jit(do_not_specialize=_SIZES)
 def na2d_bwd_dq_kernel(Q, K, V, Out, DO, LSE, DELTA, RPB, DQ, DRPB,
                        sqb, sqy, sqx, sqh, skb, sky, skx, skh, svb, svy, svx, svh, sdb, sdy, sdx, sdh,
                        heads, Ly, Lx, kyk, kxk, dy, dx, Vy, Vx, tiles_y, tiles_x, scale2, scale,
                        D: tl.constexpr, BD: tl.constexpr, TQH: tl.constexpr, TQW: tl.constexpr,
-                       KW: tl.constexpr, RPY: tl.constexpr, HAS_RPB: tl.constexpr, IEEE: tl.constexpr,
-                       UPCAST: tl.constexpr):
+                       KRH: tl.constexpr, KW: tl.constexpr, RPY: tl.constexpr, HAS_RPB: tl.constexpr,
+                       IEEE: tl.constexpr, UPCAST: tl.constexpr):
     """dq (and the RPB gradient): the forward's tiling, probabilities recomputed from the saved lse.
 
     Also computes and stores ``DELTA = rowsum(dO * O)`` of its queries for the dk/dv kernel, which
@@ -198,37 +241,30 @@ def na2d_bwd_dq_kernel(Q, K, V, Out, DO, LSE, DELTA, RPB, DQ, DRPB,
         delta = tl.sum(do.to(tl.float32) * o.to(tl.float32), 1)
         tl.store(DELTA + stat, delta, mask=q_ok)
         r_lo, r_hi, c_lo, c_hi = _key_box(y0, x0, lgy, lgx, kyk, kxk, TQH, TQW)
+        n_steps, n_c = _box_steps(r_lo, r_hi, c_lo, c_hi, KRH, KW)
         rx_n = 2 * kxk - 1
         ry_n = 2 * kyk - 1
         rpb_h = RPB + h * ry_n * rx_n
         dq = tl.zeros([BQ, BD], tl.float32)
-        rel = tl.arange(0, KW)  # RPB column bins (KW >= 2k - 1)
-        rel_y = tl.arange(0, RPY)
-        drpb = tl.zeros([RPY, KW], tl.float32)
-        for r in range(r_lo, r_hi):
-            row_in = q_ok & (r >= sy) & (r < sy + kyk)
-            for c0 in range(c_lo, c_hi, KW):
-                kc, k_ok, kt, yk, xk = _key_step(K, b * skb + h * skh, sky, skx, gy, gx, dy, dx, r, c0, c_hi,
-                                                 Vy, Vx, d, d_ok, KW)
-                vt = tl.load(V + b * svb + h * svh + yk * svy + (xk * svx)[None, :] + d[:, None],
-                             mask=k_ok[None, :] & d_ok[:, None], other=0.)
-                s, inwin = _logits(q, kt, r, kc, k_ok, qy, qx, row_in, sx, kyk, kxk, rpb_h, scale2,
-                                   HAS_RPB, IEEE, UPCAST)
-                dp = _dot(do, vt, IEEE, UPCAST)
-                p = tl.where(inwin, tl.exp2(s - lse[:, None]), 0.)
-                ds = p * (dp - delta[:, None])
-                dq += _dot(ds.to(kt.dtype), tl.trans(kt), IEEE, UPCAST)
-                if HAS_RPB:
-                    # bin ds by relative column: ds[q, j] sits at rx = c0 + j - qx + kx - 1
-                    j = rel[None, :] + qx[:, None] - c0 - kxk + 1
-                    by_rx = tl.where((j >= 0) & (j < KW),
-                                     tl.gather(ds, tl.minimum(tl.maximum(j, 0), KW - 1), 1), 0.)
-                    by_row = tl.sum(tl.reshape(by_rx, (TQH, TQW, KW)), 1)  # [TQH, KW]
-                    ry = r - (y0 + tl.arange(0, TQH)) + kyk - 1  # relative row of each query row
-                    hit = (ry[:, None] == rel_y[None, :]).to(tl.float32)  # [TQH, RPY]
-                    drpb += tl.sum(hit[:, :, None] * by_row[:, None, :], 0)
+        drpb = tl.zeros([RPY, KW], tl.float32)  # RPB bins (KW >= 2 kx - 1, RPY >= 2 ky - 1)
+        for step in range(n_steps):
+            kr, kc, k_ok, kt, yk, xk = _key_block(K, b * skb + h * skh, sky, skx, gy, gx, dy, dx, step, n_c,
+                                                  r_lo, c_lo, r_hi, c_hi, Vy, Vx, d, d_ok, KRH, KW)
+            vt = tl.load(V + b * svb + h * svh + (yk * svy + xk * svx)[None, :] + d[:, None],
+                         mask=k_ok[None, :] & d_ok[:, None], other=0.)
+            s, inwin = _logits(q, kt, kr, kc, k_ok, qy, qx, q_ok, sy, sx, kyk, kxk, rpb_h, scale2,
+                               HAS_RPB, IEEE, UPCAST)
+            dp = _dot(do, vt, IEEE, UPCAST)
+            p = tl.where(inwin, tl.exp2(s - lse[:, None]), 0.)
+            ds = p * (dp - delta[:, None])
+            dq += _dot(ds.to(kt.dtype), tl.trans(kt), IEEE, UPCAST)
+            if HAS_RPB:
+                drpb += _rpb_grad_block(ds, r_lo + (step // n_c) * KRH, c_lo + (step % n_c) * KW, y0, qx, kxk,
+                                        kyk, TQH, TQW, KRH, KW, RPY)
         tl.store(DQ + dense, (dq * scale).to(DQ.dtype.element_ty), mask=qmask)
         if HAS_RPB:
+            rel_y = tl.arange(0, RPY)
+            rel = tl.arange(0, KW)
             slot = DRPB + (pid.to(tl.int64) * tl.num_programs(1) + bh) * ry_n * rx_n
             tl.store(slot + rel_y[:, None] * rx_n + rel[None, :], drpb,
                      mask=(rel_y[:, None] < ry_n) & (rel[None, :] < rx_n))
@@ -239,7 +275,7 @@ def na2d_bwd_dkdv_kernel(Q, K, V, DO, LSE, DELTA, RPB, DK, DV,
                          sqb, sqy, sqx, sqh, skb, sky, skx, skh, svb, svy, svx, svh, sdb, sdy, sdx, sdh,
                          heads, Ly, Lx, kyk, kxk, dy, dx, Vy, Vx, tiles_y, tiles_x, scale2, scale,
                          D: tl.constexpr, BD: tl.constexpr, TKH: tl.constexpr, TKW: tl.constexpr,
-                         QW: tl.constexpr, HAS_RPB: tl.constexpr, IEEE: tl.constexpr,
+                         QRH: tl.constexpr, QW: tl.constexpr, HAS_RPB: tl.constexpr, IEEE: tl.constexpr,
                          UPCAST: tl.constexpr):
     """dk and dv: one program = one key tile; walks the queries whose windows hold its keys.
 
@@ -266,36 +302,34 @@ def na2d_bwd_dkdv_kernel(Q, K, V, DO, LSE, DELTA, RPB, DK, DV,
         r_hi = tl.where(y1 >= lgy - kyk, lgy - 1, y1 + kyk // 2) + 1
         c_lo = tl.where(x0 <= kxk - 1, 0, x0 - wrx)
         c_hi = tl.where(x1 >= lgx - kxk, lgx - 1, x1 + kxk // 2) + 1
+        n_steps, n_c = _box_steps(r_lo, r_hi, c_lo, c_hi, QRH, QW)
         rx_n = 2 * kxk - 1
         rpb_h = RPB + h * (2 * kyk - 1) * rx_n
         dk = tl.zeros([BK, BD], tl.float32)
         dv = tl.zeros([BK, BD], tl.float32)
-        for r in range(r_lo, r_hi):
-            yq = gy + dy * r
-            sy = _window_start(r, lgy, kyk)
-            row_in = k_ok & (ky >= sy) & (ky < sy + kyk)
-            for c0 in range(c_lo, c_hi, QW):
-                qc = c0 + tl.arange(0, QW)
-                xq = gx + dx * qc
-                q_ok = qc < c_hi
-                sx = _window_start(qc, lgx, kxk)
-                qmask = q_ok[:, None] & d_ok[None, :]
-                q = tl.load(Q + b * sqb + h * sqh + yq * sqy + (xq * sqx)[:, None] + d[None, :], mask=qmask, other=0.)
-                do = tl.load(DO + b * sdb + h * sdh + yq * sdy + (xq * sdx)[:, None] + d[None, :], mask=qmask, other=0.)
-                stat = bh.to(tl.int64) * Ly * Lx + yq * Lx + xq
-                lse = tl.load(LSE + stat, mask=q_ok, other=float('inf'))
-                delta = tl.load(DELTA + stat, mask=q_ok, other=0.)
-                inwin = (row_in[:, None] & q_ok[None, :] & (kx[:, None] >= sx[None, :])
-                         & (kx[:, None] < sx[None, :] + kxk))
-                st = _dot(k, tl.trans(q), IEEE, UPCAST) * scale2
-                dpt = _dot(v, tl.trans(do), IEEE, UPCAST)
-                if HAS_RPB:
-                    ridx = (ky - r + kyk - 1)[:, None] * rx_n + (kx[:, None] - qc[None, :] + kxk - 1)
-                    st += tl.load(rpb_h + ridx, mask=inwin, other=0.) * LOG2E
-                pt = tl.where(inwin, tl.exp2(st - lse[None, :]), 0.)
-                dst = pt * (dpt - delta[None, :])
-                dv += _dot(pt.to(do.dtype), do, IEEE, UPCAST)
-                dk += _dot(dst.to(q.dtype), q, IEEE, UPCAST)
+        for step in range(n_steps):
+            qr, qc, q_ok = _block(step, n_c, r_lo, c_lo, r_hi, c_hi, QRH, QW)
+            yq = gy + dy * qr
+            xq = gx + dx * qc
+            sy = _window_start(qr, lgy, kyk)
+            sx = _window_start(qc, lgx, kxk)
+            qmask = q_ok[:, None] & d_ok[None, :]
+            q = tl.load(Q + b * sqb + h * sqh + (yq * sqy + xq * sqx)[:, None] + d[None, :], mask=qmask, other=0.)
+            do = tl.load(DO + b * sdb + h * sdh + (yq * sdy + xq * sdx)[:, None] + d[None, :], mask=qmask, other=0.)
+            stat = bh.to(tl.int64) * Ly * Lx + yq * Lx + xq
+            lse = tl.load(LSE + stat, mask=q_ok, other=float('inf'))
+            delta = tl.load(DELTA + stat, mask=q_ok, other=0.)
+            inwin = (k_ok[:, None] & q_ok[None, :] & (ky[:, None] >= sy[None, :]) & (ky[:, None] < sy[None, :] + kyk)
+                     & (kx[:, None] >= sx[None, :]) & (kx[:, None] < sx[None, :] + kxk))
+            st = _dot(k, tl.trans(q), IEEE, UPCAST) * scale2
+            dpt = _dot(v, tl.trans(do), IEEE, UPCAST)
+            if HAS_RPB:
+                ridx = (ky[:, None] - qr[None, :] + kyk - 1) * rx_n + (kx[:, None] - qc[None, :] + kxk - 1)
+                st += tl.load(rpb_h + ridx, mask=inwin, other=0.) * LOG2E
+            pt = tl.where(inwin, tl.exp2(st - lse[None, :]), 0.)
+            dst = pt * (dpt - delta[None, :])
+            dv += _dot(pt.to(do.dtype), do, IEEE, UPCAST)
+            dk += _dot(dst.to(q.dtype), q, IEEE, UPCAST)
         out = ((((b * Ly + gk_y) * Lx + gk_x) * heads + h) * D)[:, None] + d[None, :]
         omask = k_in[:, None] & d_ok[None, :]
         tl.store(DK + out, (dk * scale).to(DK.dtype.element_ty), mask=omask)

@@ -69,22 +69,60 @@ class Tiling(NamedTuple):
 
     tqh: int  # query tile rows (forward, dq)
     tqw: int  # query tile columns
-    kw: int  # key columns per step of the forward / dq kernels (>= 2 kx - 1: also the RPB bins)
+    krh: int  # key rows per step of the forward / dq kernels
+    kw: int  # key columns per step (>= 2 kx - 1: also the RPB column bins)
     tkh: int  # key tile rows (dk/dv)
     tkw: int  # key tile columns
-    qw: int  # query columns per step of the dk/dv kernel
-    rpy: int  # RPB row bins (>= 2 ky - 1)
+    qrh: int  # query rows per step of the dk/dv kernel
+    qw: int  # query columns per step
+    rpy: int  # RPB row bins (>= 2 ky - 1, and >= 16 where the dq kernel sums them with a dot)
+    warps: int  # num_warps of the launches
+    stages: int  # num_stages: software-pipelining depth of the inner loops
+    maxnreg: int | None  # register cap per thread given to ptxas (None: ptxas's own choice, <= 255)
 
 
-@functools.lru_cache(maxsize=64)
-def tiling(ky: int, kx: int) -> Tiling:
-    """Tile shapes for a (2-D view of the) call with kernel ``(ky, kx)``; ``ky == 1`` for 1-D."""
+#: Launch settings of the kernels. ``step_keys``: keys (queries, for dk/dv) per inner-loop block of
+#: the 2-D kernels, ``KRH`` box rows of ``KW`` columns with ``KRH * KW`` at most this (1: one box row
+#: per step); ``warps``, ``stages``, ``maxnreg``: Triton's ``num_warps`` / ``num_stages`` / register cap
+#: (``None``: none). Chosen without a GPU
+#: from the sm90 registers and spills of every alternative
+#: (``tools/analysis_tools/triton_resources.py``); ``gpu_check.py --sections triton_tuning`` times the
+#: alternatives on a GPU.
+TUNING = {'step_keys': 32, 'warps': 8, 'stages': 2, 'maxnreg': None}
+
+
+def tiling(ky: int, kx: int, **settings) -> Tiling:
+    """Tile shapes and launch settings for a (2-D view of the) call with kernel ``(ky, kx)``
+    (``ky == 1`` for 1-D); ``settings`` (keys of :data:`TUNING`) override :data:`TUNING`."""
+    unknown = set(settings) - set(TUNING)
+    if unknown:
+        raise ValueError(f'tiling settings must be among {sorted(TUNING)}, got {sorted(unknown)}')
+    return _tiling(ky, kx, **{**TUNING, **settings})
+
+
+@functools.lru_cache(maxsize=256)
+def _tiling(ky: int, kx: int, step_keys: int, warps: int, stages: int, maxnreg: int | None) -> Tiling:
     if ky == 1:  # 1-D: one row of 32 queries against the 32 + k - 1 keys it needs
         tqh, tqw, tkh, tkw = 1, 32, 1, 32
     else:
         tqh, tqw, tkh, tkw = 8, 8, 8, 8
     kw = max(_pow2(tqw + kx - 1), _pow2(2 * kx - 1))
-    return Tiling(tqh, tqw, kw, tkh, tkw, _pow2(tkw + kx - 1), _pow2(2 * ky - 1))
+    qw = _pow2(tkw + kx - 1)
+    # rows per block: as many as fill step_keys, but no more than a box can have (tile + k - 1)
+    krh = max(1, min(step_keys // kw, _pow2(tqh + ky - 1) if ky > 1 else 1))
+    qrh = max(1, min(step_keys // qw, _pow2(tkh + ky - 1) if ky > 1 else 1))
+    rpy = _pow2(2 * ky - 1)
+    if tqh * krh >= 16:  # the dq kernel bins RPB rows with a dot: both sides >= 16
+        rpy = max(rpy, 16)
+    return Tiling(tqh, tqw, krh, kw, tkh, tkw, qrh, qw, rpy, warps, stages, maxnreg)
+
+
+def launch_options(t: Tiling) -> dict:
+    """Triton launch / compile options of tiling ``t``."""
+    opts = dict(num_warps=t.warps, num_stages=t.stages)
+    if t.maxnreg is not None:
+        opts['maxnreg'] = t.maxnreg
+    return opts
 
 
 def _as_2d(axes: tuple[AxisSpec, ...]) -> tuple[AxisSpec, AxisSpec]:
@@ -94,9 +132,9 @@ def _as_2d(axes: tuple[AxisSpec, ...]) -> tuple[AxisSpec, AxisSpec]:
 def computed_pairs(axes: tuple[AxisSpec, ...]) -> int:
     """Query-key pairs the forward kernel computes (masked ones included), per batch and head.
 
-    Counts, for every query tile of every dilation group, ``tile size x KW x`` (box rows) ``x``
-    (column steps): what :func:`na_triton`'s forward (and its dq kernel) evaluates. Compare with
-    ``prod(lengths) * prod(kernels)``, the pairs NA needs.
+    Counts, for every query tile of every dilation group, ``tile size x KW x`` (box rows, rounded up
+    to blocks of ``KRH``) ``x`` (column steps): what :func:`na_triton`'s forward (and its dq kernel)
+    evaluates. Compare with ``prod(lengths) * prod(kernels)``, the pairs NA needs.
     """
     ay, ax = _as_2d(axes)
     t = tiling(ay.kernel, ax.kernel)
@@ -114,7 +152,7 @@ def computed_pairs(axes: tuple[AxisSpec, ...]) -> int:
                 out.append(start(min(y0 + tile, lg) - 1) + k - start(y0))
         return out
 
-    rows = sum(spans(ay, t.tqh))
+    rows = sum(t.krh * -(-r // t.krh) for r in spans(ay, t.tqh))
     col_steps = sum(-(-c // t.kw) for c in spans(ax, t.tqw))
     return t.tqh * t.tqw * t.kw * rows * col_steps
 
@@ -165,8 +203,8 @@ class _NATriton(torch.autograd.Function):
             _kernels().na2d_fwd_kernel[(n_tiles, b * heads)](
                 q, k, v, out, lse, bias, *_strides(q), *_strides(k), *_strides(v), *_strides(out),
                 *sizes, scale * LOG2E,
-                D=dim, BD=max(16, _pow2(dim)), TQH=t.tqh, TQW=t.tqw, KW=t.kw,
-                HAS_RPB=rpb is not None, IEEE=ieee, UPCAST=_interpreting(), num_warps=4)
+                D=dim, BD=max(16, _pow2(dim)), TQH=t.tqh, TQW=t.tqw, KRH=t.krh, KW=t.kw,
+                HAS_RPB=rpb is not None, IEEE=ieee, UPCAST=_interpreting(), **launch_options(t))
         ctx.save_for_backward(q, k, v, bias, out, lse)
         ctx.axes, ctx.scale, ctx.has_rpb, ctx.one_d = axes, scale, rpb is not None, one_d
         ctx.rpb_dtype = rpb.dtype if rpb is not None else None
@@ -190,16 +228,16 @@ class _NATriton(torch.autograd.Function):
         part = torch.zeros((tiles_q, b * heads, ry, rx) if ctx.has_rpb else (1,),
                            dtype=torch.float32, device=q.device)
         common = dict(D=dim, BD=max(16, _pow2(dim)), HAS_RPB=ctx.has_rpb, IEEE=q.dtype == torch.float32,
-                      UPCAST=_interpreting(), num_warps=4)
+                      UPCAST=_interpreting(), **launch_options(t))
         strides = (*_strides(q), *_strides(k), *_strides(v), *_strides(do))
         kern = _kernels()
         with torch.cuda.device(q.device) if q.is_cuda else contextlib.nullcontext():
             kern.na2d_bwd_dq_kernel[(tiles_q, b * heads)](
                 q, k, v, out, do, lse, delta, bias, dq, part, *strides, *sizes_q,
-                ctx.scale * LOG2E, ctx.scale, TQH=t.tqh, TQW=t.tqw, KW=t.kw, RPY=t.rpy, **common)
+                ctx.scale * LOG2E, ctx.scale, TQH=t.tqh, TQW=t.tqw, KRH=t.krh, KW=t.kw, RPY=t.rpy, **common)
             kern.na2d_bwd_dkdv_kernel[(tiles_k, b * heads)](
                 q, k, v, do, lse, delta, bias, dk, dv, *strides, *sizes_k,
-                ctx.scale * LOG2E, ctx.scale, TKH=t.tkh, TKW=t.tkw, QW=t.qw, **common)
+                ctx.scale * LOG2E, ctx.scale, TKH=t.tkh, TKW=t.tkw, QRH=t.qrh, QW=t.qw, **common)
         drpb = None
         if ctx.has_rpb:
             drpb = part.view(tiles_q, b, heads, ry, rx).sum((0, 1)).to(ctx.rpb_dtype)

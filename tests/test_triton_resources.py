@@ -1,0 +1,67 @@
+"""tools/analysis_tools/triton_resources.py: the triton kernels compiled for sm90 on CPU, and what they use.
+
+No GPU is needed: Triton compiles for a named target and the ``ptxas`` it ships reports registers and
+spills. The default launch settings (``TUNING``) must not spill at the head dims the models use (32 for
+NAT/DiNAT, 64 for the isotropic variants).
+"""
+import csv
+import importlib.util
+import os
+import os.path as osp
+
+import pytest
+
+pytest.importorskip('triton')
+
+ROOT = osp.dirname(osp.dirname(osp.abspath(__file__)))
+
+
+@pytest.fixture(scope='module')
+def tool():
+    spec = importlib.util.spec_from_file_location(
+        'triton_resources', osp.join(ROOT, 'tools', 'analysis_tools', 'triton_resources.py'))
+    module = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(module)
+    try:
+        from triton.backends.nvidia.compiler import get_ptxas
+        get_ptxas(90)
+    except Exception as e:  # noqa: BLE001 - a triton build without its NVIDIA backend
+        pytest.skip(f'no ptxas in this triton: {e}')
+    if os.environ.get('TRITON_INTERPRET') == '1':
+        pytest.skip('the interpreter is on in this process: nothing compiles')
+    return module
+
+
+def test_default_tuning_does_not_spill(tool, tmp_path, capsys):
+    from localattn.ops.na.backends import triton as tri
+    assert tool.main(['--tunings', tool.tuning_label(tri.TUNING), '--dims', '32', '64', '--out', str(tmp_path)]) == 0
+    rows = list(csv.DictReader(open(tmp_path / 'triton_resources.csv')))
+    assert sorted({r['kernel'] for r in rows}) == sorted(tool.KERNELS) and {r['dim'] for r in rows} == {'32', '64'}
+    for r in rows:
+        assert 24 <= int(r['registers']) <= 255, r
+        assert r['spill_stores'] == r['spill_loads'] == '0', r
+        assert int(r['shared_bytes']) > 0 and int(r['warps_per_sm']) >= int(r['warps']), r
+    md = (tmp_path / 'triton_resources.md').read_text()
+    assert md in capsys.readouterr().out
+    assert f'Tunings without spills in any kernel and head dim: {tool.tuning_label(tri.TUNING)}.' in md
+
+
+def test_a_register_cap_shows_as_spills(tool):
+    """A cap far below what the kernel needs must come back as spill bytes: the check can fail."""
+    rows = tool.measure([tool.parse_tuning('32:8:2:64')], [64], 'bf16', 7, 90)
+    assert all(int(r['registers']) <= 64 for r in rows)
+    assert any(r['spill_stores'] > 0 for r in rows)
+    assert '**' in tool.markdown(rows, 'cmd', 90) and 'and head dim: none.' in tool.markdown(rows, 'cmd', 90)
+
+
+def test_occupancy_and_argument_checks(tool):
+    assert tool.warps_per_sm(128, 8, 20_000) == 16  # 2 blocks of 8 warps fit 65536 registers
+    assert tool.warps_per_sm(130, 8, 20_000) == 8  # 130 -> 136 per thread after rounding: 1 block
+    assert tool.warps_per_sm(64, 4, 100_000) == 8  # shared memory bounds it: 2 blocks
+    assert tool.parse_tuning('64:4:3') == dict(step_keys=64, warps=4, stages=3, maxnreg=None)
+    assert tool.tuning_label(tool.parse_tuning('32:8:2:128')) == '32:8:2:128'
+    for bad in ('32:8', '32:6:2', 'a:b:c', '32:8:2:300'):
+        with pytest.raises(Exception, match='tuning'):
+            tool.parse_tuning(bad)
+    for text in tool.CANDIDATES:
+        tool.parse_tuning(text)

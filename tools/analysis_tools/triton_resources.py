@@ -1,0 +1,225 @@
+#!/usr/bin/env python
+"""Registers, spills and shared memory of the ``triton`` NA kernels on a GPU target, without a GPU.
+
+Usage::
+
+    python tools/analysis_tools/triton_resources.py [--out DIR] [--dims 32 64] [--dtype bf16]
+    python tools/analysis_tools/triton_resources.py --tunings 1:4:3 32:8:2 64:8:2 --kernel-size 7
+    python tools/analysis_tools/triton_resources.py --quick
+
+Triton compiles the kernels for a target architecture (default ``sm90``, the H100/H200) on a machine
+without a GPU, and the ``ptxas`` shipped with Triton reports what each kernel uses per thread
+(``ptxas -v``). For every tuning ``STEP_KEYS:WARPS:STAGES`` (see ``TUNING`` in
+``ops/na/backends/triton.py``), head dim and kernel this prints registers, bytes spilled to local memory,
+shared memory, and the resident warps per SM those allow. Spills are the solid signal: a spilling
+kernel moves its working set through local memory on every step. Register counts are what ``ptxas``
+chose under its cap (255, or fewer when the block is larger), not a minimum, so compare them loosely.
+Timing needs the GPU: ``gpu_check.py --sections triton_tuning``.
+
+``--out DIR`` writes ``triton_resources.md`` and ``.csv``.
+"""
+from __future__ import annotations
+
+import argparse
+import csv
+import os
+import os.path as osp
+import re
+import subprocess
+import sys
+import tempfile
+import time
+
+try:
+    import localattn  # noqa: F401
+except ImportError:  # running from a source checkout that was not pip-installed
+    sys.path.insert(0, osp.join(osp.dirname(osp.dirname(osp.dirname(osp.abspath(__file__)))), 'projects'))
+
+#: per-SM limits of sm90 (H100 / H200): registers, warps, shared memory, blocks
+SM90 = dict(regs=65536, warps=64, shared=227 * 1024, blocks=32)
+KERNELS = ('na2d_fwd_kernel', 'na2d_bwd_dq_kernel', 'na2d_bwd_dkdv_kernel')
+FIELDS = ('kernel', 'tuning', 'step_keys', 'warps', 'stages', 'maxnreg', 'dim', 'dtype', 'kernel_size', 'registers',
+          'spill_stores', 'spill_loads', 'shared_bytes', 'warps_per_sm', 'compile_s')
+#: the grid compared by default (and by gpu_check.py's triton_tuning section)
+CANDIDATES = ('1:4:3', '1:8:2', '32:4:2', '32:8:2', '32:8:2:128', '64:8:2', '64:8:2:128')
+POINTERS = {'Q', 'K', 'V', 'Out', 'DO', 'DQ', 'DK', 'DV'}
+FP32_POINTERS = {'LSE', 'DELTA', 'RPB', 'DRPB'}
+
+
+def parse_tuning(text: str) -> dict:
+    """``STEP_KEYS:WARPS:STAGES[:MAXNREG]`` -> settings of ``tiling()``."""
+    try:
+        values = [int(x) for x in text.split(':')]
+        if len(values) not in (3, 4):
+            raise ValueError
+    except ValueError:
+        raise argparse.ArgumentTypeError(
+            f'tuning must be STEP_KEYS:WARPS:STAGES[:MAXNREG] (e.g. 32:8:2 or 32:8:2:128), got {text!r}') from None
+    step, warps, stages = values[:3]
+    maxnreg = values[3] if len(values) == 4 else None
+    if warps not in (1, 2, 4, 8, 16) or step < 1 or stages < 1 or (maxnreg is not None and not 24 <= maxnreg <= 255):
+        raise argparse.ArgumentTypeError(
+            f'tuning {text!r}: warps must be a power of two <= 16, step and stages >= 1, maxnreg 24..255')
+    return dict(step_keys=step, warps=warps, stages=stages, maxnreg=maxnreg)
+
+
+def tuning_label(settings: dict) -> str:
+    label = f"{settings['step_keys']}:{settings['warps']}:{settings['stages']}"
+    return label + (f":{settings['maxnreg']}" if settings.get('maxnreg') else '')
+
+
+def parse_args(argv=None) -> argparse.Namespace:
+    p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    p.add_argument('--tunings', nargs='+', type=parse_tuning, default=None,
+                   help='STEP_KEYS:WARPS:STAGES triples (default: a grid around the current TUNING)')
+    p.add_argument('--dims', nargs='+', type=int, default=[32, 64], help='head dims (default 32 64)')
+    p.add_argument('--dtype', choices=('bf16', 'fp16', 'fp32'), default='bf16')
+    p.add_argument('--kernel-size', type=int, default=7, help='NA kernel size (square; default 7)')
+    p.add_argument('--arch', type=int, default=90, help='CUDA compute capability x10 (default 90)')
+    p.add_argument('--out', help='directory for triton_resources.md and .csv')
+    p.add_argument('--quick', action='store_true', help='the current TUNING only, head dim 32 (the test)')
+    return p.parse_args(argv)
+
+
+def signature(fn, dtype: str, consts: dict) -> tuple[dict, dict]:
+    """Triton signature and constexprs of one of our kernels for pointer dtype ``dtype``."""
+    sig, constexprs = {}, {}
+    for i, p in enumerate(fn.params):
+        if p.is_constexpr:
+            sig[p.name] = 'constexpr'
+            constexprs[(i,)] = consts[p.name]
+        elif p.name in POINTERS:
+            sig[p.name] = f'*{dtype}'
+        elif p.name in FP32_POINTERS:
+            sig[p.name] = '*fp32'
+        else:
+            sig[p.name] = 'fp32' if p.name.startswith('scale') else 'i32'
+    return sig, constexprs
+
+
+def kernel_constants(t, dim: int, dtype: str) -> dict:
+    """The compile-time arguments the backend passes for tiling ``t`` and head dim ``dim``."""
+    from localattn.ops.na.backends.triton import _pow2
+    return dict(D=dim, BD=max(16, _pow2(dim)), HAS_RPB=True, IEEE=dtype == 'fp32', UPCAST=False,
+                **{name.upper(): value for name, value in t._asdict().items()})
+
+
+def ptxas_report(ptx: str, arch: int) -> dict:
+    """``ptxas -v`` on one kernel's PTX: registers, spill bytes."""
+    from triton.backends.nvidia.compiler import get_ptxas
+    tool = get_ptxas(arch)
+    with tempfile.TemporaryDirectory() as tmp:
+        src = osp.join(tmp, 'k.ptx')
+        with open(src, 'w') as f:
+            f.write(ptx)
+        # the flags Triton 3.7's own ptxas call uses (minus line info), so the counts are the kernel's
+        proc = subprocess.run([tool.path, '-v', '--regAllocOptLevel=2',
+                               f'--gpu-name=sm_{arch}a' if arch >= 90 else f'--gpu-name=sm_{arch}',
+                               src, '-o', osp.join(tmp, 'k.cubin')], capture_output=True, text=True)
+    if proc.returncode != 0:
+        raise RuntimeError(f'ptxas failed: {proc.stderr[-1000:]}')
+    log = proc.stderr
+
+    def grab(pattern):
+        m = re.search(pattern, log)
+        if m is None:
+            raise RuntimeError(f'ptxas -v output without {pattern!r}: {log[-500:]}')
+        return int(m.group(1))
+    return dict(registers=grab(r'Used (\d+) registers'), spill_stores=grab(r'(\d+) bytes spill stores'),
+                spill_loads=grab(r'(\d+) bytes spill loads'))
+
+
+def warps_per_sm(registers: int, warps: int, shared: int) -> int:
+    """Resident warps per sm90 SM given registers per thread (allocated per warp in units of 256)."""
+    per_warp = -(-registers * 32 // 256) * 256
+    blocks = min(SM90['regs'] // (per_warp * warps), SM90['warps'] // warps, SM90['blocks'],
+                 SM90['shared'] // shared if shared else SM90['blocks'])
+    return blocks * warps
+
+
+def compile_kernel(name: str, t, dim: int, dtype: str = 'bf16', arch: int = 90):
+    """Compile one kernel for ``sm_<arch>`` with tiling ``t``; returns Triton's compiled kernel."""
+    import triton
+    from triton.backends.compiler import GPUTarget
+    from triton.compiler import ASTSource
+
+    from localattn.ops.na.backends import _triton_kernels
+    from localattn.ops.na.backends.triton import launch_options
+    fn = getattr(_triton_kernels, name)
+    sig, constexprs = signature(fn, dtype, kernel_constants(t, dim, dtype))
+    return triton.compile(ASTSource(fn=fn, signature=sig, constexprs=constexprs),
+                          target=GPUTarget('cuda', arch, 32),
+                          options=launch_options(t))
+
+
+def measure(tunings, dims, dtype: str, ksize: int, arch: int) -> list[dict]:
+    from localattn.ops.na.backends import triton as tri
+    rows = []
+    for settings in tunings:
+        t = tri.tiling(ksize, ksize, **settings)
+        for dim in dims:
+            for name in KERNELS:
+                t0 = time.perf_counter()
+                compiled = compile_kernel(name, t, dim, dtype, arch)
+                rep = ptxas_report(compiled.asm['ptx'], arch)
+                shared = int(compiled.metadata.shared)
+                rows.append(dict(kernel=name, tuning=tuning_label(settings), **settings, dim=dim, dtype=dtype,
+                                 kernel_size=ksize, shared_bytes=shared,
+                                 warps_per_sm=warps_per_sm(rep['registers'], t.warps, shared),
+                                 compile_s=round(time.perf_counter() - t0, 1), **rep))
+                print(' '.join(f'{k}={rows[-1][k]}' for k in FIELDS), flush=True)
+    return rows
+
+
+def markdown(rows: list[dict], command: str, arch: int) -> str:
+    lines = [f'# Triton NA kernels on sm_{arch}: registers, spills, shared memory', '',
+             f'`{command}` (compiled on CPU with Triton\'s `ptxas -v`; no kernel ran).', '',
+             '| step_keys:warps:stages[:maxnreg] | head dim | kernel | registers | spill st/ld (B) | shared (B) '
+             '| warps/SM |',
+             '|---|---|---|---|---|---|---|']
+    for r in rows:
+        spill = f"{r['spill_stores']}/{r['spill_loads']}"
+        lines.append(f"| {r['tuning']} | {r['dim']} | {r['kernel']} | {r['registers']} "
+                     f"| {'**' + spill + '**' if r['spill_stores'] or r['spill_loads'] else spill} "
+                     f"| {r['shared_bytes']} | {r['warps_per_sm']} |")
+    spilling = {r['tuning'] for r in rows if r['spill_stores'] or r['spill_loads']}
+    clean = [t for t in dict.fromkeys(r['tuning'] for r in rows) if t not in spilling]
+    lines += ['', 'Tunings without spills in any kernel and head dim: ' + (', '.join(clean) or 'none') + '.']
+    return '\n'.join(lines) + '\n'
+
+
+def main(argv=None) -> int:
+    args = parse_args(argv)
+    try:
+        import triton  # noqa: F401
+        from triton.backends.nvidia.compiler import get_ptxas
+        get_ptxas(args.arch)
+    except Exception as e:  # noqa: BLE001 - triton or its CUDA backend missing
+        print(f'needs triton with its NVIDIA backend (ptxas): {type(e).__name__}: {e}', file=sys.stderr)
+        return 2
+    if os.environ.get('TRITON_INTERPRET') == '1':
+        print('unset TRITON_INTERPRET: the interpreter does not compile kernels', file=sys.stderr)
+        return 2
+    from localattn.ops.na.backends import triton as tri
+    if args.quick:
+        tunings, dims = [dict(tri.TUNING)], [32]
+    else:
+        tunings = args.tunings or [parse_tuning(t) for t in CANDIDATES]
+        dims = args.dims
+    rows = measure(tunings, dims, args.dtype, args.kernel_size, args.arch)
+    command = 'python tools/analysis_tools/triton_resources.py ' + ' '.join(sys.argv[1:] if argv is None else argv)
+    text = markdown(rows, command.strip(), args.arch)
+    print(text)
+    if args.out:
+        os.makedirs(args.out, exist_ok=True)
+        with open(osp.join(args.out, 'triton_resources.md'), 'w') as f:
+            f.write(text)
+        with open(osp.join(args.out, 'triton_resources.csv'), 'w', newline='') as f:
+            writer = csv.DictWriter(f, fieldnames=FIELDS)
+            writer.writeheader()
+            writer.writerows(rows)
+    return 0
+
+
+if __name__ == '__main__':
+    sys.exit(main())
