@@ -45,7 +45,7 @@ def parse_args(argv=None) -> argparse.Namespace:
     return p.parse_args(argv)
 
 
-SECTIONS = ('correctness', 'triton_tuning', 'train_steps', 'na_speed', 'backbone_speed', 'flex_correctness',
+SECTIONS = ('correctness', 'triton_tuning', 'train_steps', 'backbone_speed', 'na_speed', 'flex_correctness',
             'flex_speed', 'flex_backbone_speed')
 
 ROOT = Path(__file__).resolve().parents[2]
@@ -264,6 +264,27 @@ def section_train_steps(rep, torch, device, quick, deadline, backend):
             rep.add(sec, name, backend, 'error', type(e).__name__, 'FAIL', _err(e))
 
 
+def na_kernel_time(torch, step) -> tuple[float, float] | None:
+    """GPU time of the NA kernels (names containing ``na2d_`` / ``flex``) in one call of ``step``, and of
+    all kernels, in ms, from ``torch.profiler``; ``None`` when the profiler gives no CUDA events."""
+    from torch.profiler import ProfilerActivity, profile
+    try:
+        with profile(activities=[ProfilerActivity.CUDA]) as prof:
+            step()
+            torch.cuda.synchronize()
+        total = na = 0.0
+        for evt in prof.key_averages():
+            t = getattr(evt, 'self_device_time_total', None)
+            if t is None:
+                t = getattr(evt, 'self_cuda_time_total', 0.0)
+            total += t
+            if 'na2d_' in evt.key or 'flex' in evt.key:
+                na += t
+    except Exception:  # noqa: BLE001 - profiling is an extra; the timing rows stand without it
+        return None
+    return (na / 1e3, total / 1e3) if total > 0 else None
+
+
 def section_backbone_speed(rep, torch, device, quick, deadline, timer, backends, with_swin=True):
     sec = 'backbone_speed'
     size, batch = (32, 2) if quick else (224, 64)
@@ -272,17 +293,18 @@ def section_backbone_speed(rep, torch, device, quick, deadline, timer, backends,
     for backend in backends:
         names = ('NAT-Tiny',) if quick else ('NAT-Tiny', 'DiNAT-Tiny')
         entries += [(f'{n} [{backend}]', models[n][0], backend) for n in names]
-    if with_swin:
-        entries.append(('QnA-ViT-Tiny', models['QnA-ViT-Tiny'][0], None))
+    if with_swin:  # Swin-T right after the first NAT entry: the ratio that matters most, if the budget ends
         try:
             import timm
-            entries.append(('Swin-T (timm)', lambda: timm.create_model(
+            entries.insert(1, ('Swin-T (timm)', lambda: timm.create_model(
                 'swin_tiny_patch4_window7_224', pretrained=False, num_classes=0,
                 img_size=size if quick else 224), None))
+            entries.append(('QnA-ViT-Tiny', models['QnA-ViT-Tiny'][0], None))
             entries.append(('ResNet-50 (timm)', lambda: timm.create_model('resnet50', pretrained=False,
                                                                             num_classes=0), None))
         except ImportError:
             rep.note(sec, 'timm is not installed: no Swin-T / ResNet-50 baseline')
+            entries.append(('QnA-ViT-Tiny', models['QnA-ViT-Tiny'][0], None))
     for name, make, backend in entries:
         if time.perf_counter() > deadline:
             rep.note(sec, f'budget reached before {name}')
@@ -299,6 +321,11 @@ def section_backbone_speed(rep, torch, device, quick, deadline, timer, backends,
             rep.backbone_ips[name] = batch / sec_per_step
             rep.add(sec, f'{name} {size}px b{batch} train step bf16', backend or '-', 'images/s',
                     batch / sec_per_step, '', f'peak {mem:.0f} MB' if mem is not None else '')
+            if backend is not None and device == 'cuda':
+                share = na_kernel_time(torch, step)
+                if share is not None:
+                    rep.add(sec, f'{name} {size}px b{batch} train step bf16', backend, 'NA kernels ms / step',
+                            share[0], '', f'of {share[1]:.1f} ms of GPU kernels in the step (torch.profiler)')
             del model, step
         except NotImplementedError as e:  # flex has no CPU backward
             rep.add(sec, name, backend or '-', 'images/s', 'n/a', 'skip', _err(e))
@@ -539,10 +566,10 @@ def main(argv=None) -> int:
                                              deadline))
     run('triton_tuning', lambda: section_triton_tuning(rep, torch, na, args.device, args.quick, deadline, timer))
     run('train_steps', lambda: section_train_steps(rep, torch, args.device, args.quick, deadline, 'triton'))
-    run('na_speed', lambda: section_na_speed(rep, torch, na, args.device, args.quick, deadline, timer,
-                                             ['triton']))
     run('backbone_speed', lambda: section_backbone_speed(rep, torch, args.device, args.quick, deadline, timer,
                                                          ['triton']))
+    run('na_speed', lambda: section_na_speed(rep, torch, na, args.device, args.quick, deadline, timer,
+                                             ['triton']))
     # flex compiles per shape: after everything else, each section inside the budget
     run('flex_correctness', lambda: check_backend(rep, torch, na, args.device, 'flex', flex_cases,
                                                   'flex_correctness', deadline, dtypes=('float32', 'bfloat16')))
