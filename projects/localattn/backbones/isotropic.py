@@ -18,14 +18,12 @@ from typing import Dict, List, Optional, Sequence, Tuple, Union
 
 import torch
 import torch.nn as nn
-from mmengine.model.weight_init import constant_init, trunc_normal_, trunc_normal_init
 from torch import Tensor
 
 from ..converters.official import isotropic_to_backbone
-from ..layers import NeighborhoodAttention2d
 from .base import HierarchicalBackbone, checkpoint_blocks
 from .dinats import PatchEmbed
-from .nat import NATBlock
+from .nat import NATBlock, release_init
 
 __all__ = ['IsotropicNAT', 'IsotropicDiNAT', 'ISOTROPIC_ARCHS']
 
@@ -146,15 +144,10 @@ class IsotropicNAT(HierarchicalBackbone):
         return tuple(outs)
 
     def default_init(self) -> None:
-        """The release's init: truncated normal (std 0.02) for linears and RPB tables, LN to
-        (1, 0); the patch-embedding conv keeps PyTorch's default."""
-        for module in self.modules():
-            if isinstance(module, nn.Linear):
-                trunc_normal_init(module, std=.02, bias=0.)
-            elif isinstance(module, nn.LayerNorm):
-                constant_init(module, val=1., bias=0.)
-            elif isinstance(module, NeighborhoodAttention2d) and module.rpb is not None:
-                trunc_normal_(module.rpb, std=.02)
+        """The release's init (:func:`~localattn.backbones.nat.release_init`): truncated normal
+        (std 0.02) for linears and RPB tables, LN to (1, 0); the patch-embedding conv keeps PyTorch's
+        default."""
+        release_init(self)
 
     def extra_repr(self) -> str:
         return (f'embed_dims={self.embed_dims}, depth={self.depth}, num_heads={self.num_heads}, '
