@@ -211,6 +211,15 @@ def test_tiling_blocks():
         tri.tiling(7, 7, rows=2)
 
 
+def test_tuning_by_head_dim():
+    bounds = sorted(tri.TUNING)
+    assert tri.tuning_for(1) is tri.TUNING[bounds[0]] and tri.tuning_for(bounds[0]) is tri.TUNING[bounds[0]]
+    assert tri.tuning_for(bounds[0] + 1) is tri.TUNING[bounds[1]]
+    assert tri.tuning_for(4 * bounds[-1]) is tri.TUNING[bounds[-1]]
+    assert tri.tiling(7, 7, 32).warps == tri.TUNING[32]['warps']
+    assert tri.tiling(7, 7, 64).warps == tri.tuning_for(64)['warps']
+
+
 def _worker_main() -> None:
     results = {}
 

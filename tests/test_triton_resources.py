@@ -34,16 +34,27 @@ def tool():
 
 def test_default_tuning_does_not_spill(tool, tmp_path, capsys):
     from localattn.ops.na.backends import triton as tri
-    assert tool.main(['--tunings', tool.tuning_label(tri.TUNING), '--dims', '32', '64', '--out', str(tmp_path)]) == 0
+    assert tool.main(['--defaults', '--dims', '32', '64', '--out', str(tmp_path)]) == 0
     rows = list(csv.DictReader(open(tmp_path / 'triton_resources.csv')))
     assert sorted({r['kernel'] for r in rows}) == sorted(tool.KERNELS) and {r['dim'] for r in rows} == {'32', '64'}
     for r in rows:
+        assert r['tuning'] == tool.tuning_label(tri.tuning_for(int(r['dim']))) + ' (default)', r
         assert 24 <= int(r['registers']) <= 255, r
         assert r['spill_stores'] == r['spill_loads'] == '0', r
         assert int(r['shared_bytes']) > 0 and int(r['warps_per_sm']) >= int(r['warps']), r
+        # one loop of a few hundred instructions per thread; every step computes tile x block pairs
+        assert 100 <= int(r['loop_instructions']) <= 2000 and int(r['pairs_per_step']) >= 512, r
     md = (tmp_path / 'triton_resources.md').read_text()
     assert md in capsys.readouterr().out
-    assert f'Tunings without spills in any kernel and head dim: {tool.tuning_label(tri.TUNING)}.' in md
+    assert 'Tunings without spills in any kernel and head dim: ' in md and 'none.' not in md
+
+
+def test_four_warps_cost_fewer_instructions_per_pair_than_eight(tool):
+    """What the head-dim-32 default rests on: the same blocks with 4 warps issue fewer instructions per
+    computed pair than with 8 (the per-thread index work is shared by more elements)."""
+    rows = tool.measure([tool.parse_tuning('32:4:2'), tool.parse_tuning('32:8:2')], [32], 'bf16', 7, 90)
+    cost = {(r['warps'], r['kernel']): r['instructions_per_pair'] for r in rows}
+    assert all(cost[(4, name)] < cost[(8, name)] for name in tool.KERNELS), cost
 
 
 def test_a_register_cap_shows_as_spills(tool):

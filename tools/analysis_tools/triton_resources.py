@@ -5,16 +5,20 @@ Usage::
 
     python tools/analysis_tools/triton_resources.py [--out DIR] [--dims 32 64] [--dtype bf16]
     python tools/analysis_tools/triton_resources.py --tunings 1:4:3 32:8:2 64:8:2 --kernel-size 7
+    python tools/analysis_tools/triton_resources.py --defaults --dims 16 32 64 128
     python tools/analysis_tools/triton_resources.py --quick
 
 Triton compiles the kernels for a target architecture (default ``sm90``, the H100/H200) on a machine
 without a GPU, and the ``ptxas`` shipped with Triton reports what each kernel uses per thread
 (``ptxas -v``). For every tuning ``STEP_KEYS:WARPS:STAGES`` (see ``TUNING`` in
-``ops/na/backends/triton.py``), head dim and kernel this prints registers, bytes spilled to local memory,
-shared memory, and the resident warps per SM those allow. Spills are the solid signal: a spilling
-kernel moves its working set through local memory on every step. Register counts are what ``ptxas``
-chose under its cap (255, or fewer when the block is larger), not a minimum, so compare them loosely.
-Timing needs the GPU: ``gpu_check.py --sections triton_tuning``.
+``ops/na/backends/triton.py``; ``--defaults``: its entry for each head dim), head dim and kernel this
+prints registers, bytes spilled to local memory, shared memory, the resident warps per SM those allow,
+and the PTX instructions of the inner loop per step, also per computed query-key pair (all threads of
+the block: ``loop x 32 x warps / pairs``), the cost that bounds these kernels at small head dims.
+Spills are the solid signal: a spilling kernel moves its working set through local memory on every
+step. Register counts are what ``ptxas`` chose under its cap (255, or fewer when the block is larger),
+not a minimum, so compare them loosely. Instruction counts are static (PTX, one loop iteration), not
+issued instructions. Timing needs the GPU: ``gpu_check.py --sections triton_tuning``.
 
 ``--out DIR`` writes ``triton_resources.md`` and ``.csv``.
 """
@@ -39,9 +43,10 @@ except ImportError:  # running from a source checkout that was not pip-installed
 SM90 = dict(regs=65536, warps=64, shared=227 * 1024, blocks=32)
 KERNELS = ('na2d_fwd_kernel', 'na2d_bwd_dq_kernel', 'na2d_bwd_dkdv_kernel')
 FIELDS = ('kernel', 'tuning', 'step_keys', 'warps', 'stages', 'maxnreg', 'dim', 'dtype', 'kernel_size', 'registers',
-          'spill_stores', 'spill_loads', 'shared_bytes', 'warps_per_sm', 'compile_s')
+          'spill_stores', 'spill_loads', 'shared_bytes', 'warps_per_sm', 'loop_instructions', 'pairs_per_step',
+          'instructions_per_pair', 'compile_s')
 #: the grid compared by default (and by gpu_check.py's triton_tuning section)
-CANDIDATES = ('1:4:3', '1:8:2', '32:4:2', '32:8:2', '32:8:2:128', '64:8:2', '64:8:2:128')
+CANDIDATES = ('1:4:3', '1:4:2', '32:4:2', '32:4:3', '64:4:3', '32:8:2', '64:8:2')
 POINTERS = {'Q', 'K', 'V', 'Out', 'DO', 'DQ', 'DK', 'DV'}
 FP32_POINTERS = {'LSE', 'DELTA', 'RPB', 'DRPB'}
 
@@ -71,13 +76,14 @@ def tuning_label(settings: dict) -> str:
 def parse_args(argv=None) -> argparse.Namespace:
     p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     p.add_argument('--tunings', nargs='+', type=parse_tuning, default=None,
-                   help='STEP_KEYS:WARPS:STAGES triples (default: a grid around the current TUNING)')
+                   help='STEP_KEYS:WARPS:STAGES[:MAXNREG] (default: the grid CANDIDATES)')
+    p.add_argument('--defaults', action='store_true', help="the backend's TUNING entry of each head dim")
     p.add_argument('--dims', nargs='+', type=int, default=[32, 64], help='head dims (default 32 64)')
     p.add_argument('--dtype', choices=('bf16', 'fp16', 'fp32'), default='bf16')
     p.add_argument('--kernel-size', type=int, default=7, help='NA kernel size (square; default 7)')
     p.add_argument('--arch', type=int, default=90, help='CUDA compute capability x10 (default 90)')
     p.add_argument('--out', help='directory for triton_resources.md and .csv')
-    p.add_argument('--quick', action='store_true', help='the current TUNING only, head dim 32 (the test)')
+    p.add_argument('--quick', action='store_true', help='--defaults at head dim 32 only')
     return p.parse_args(argv)
 
 
@@ -129,6 +135,30 @@ def ptxas_report(ptx: str, arch: int) -> dict:
                 spill_loads=grab(r'(\d+) bytes spill loads'))
 
 
+def loop_instructions(ptx: str) -> int:
+    """PTX instructions of the longest loop body (label ... branch back to it): per thread and step."""
+    lines = [line.strip() for line in ptx.splitlines()]
+    labels = {}
+    longest = 0
+    for i, line in enumerate(lines):
+        m = re.match(r'^(\$L__BB\d+_\d+):', line)
+        if m:
+            labels[m.group(1)] = i
+            continue
+        m = re.search(r'\bbra(?:\.uni)?\s+(\$L__BB\d+_\d+);', line)
+        if m and labels.get(m.group(1), i) < i:
+            body = lines[labels[m.group(1)] + 1:i + 1]
+            longest = max(longest, sum(1 for x in body if x.endswith(';') and not x.startswith(('//', '.'))))
+    return longest
+
+
+def pairs_per_step(name: str, t) -> int:
+    """Query-key pairs one step of the kernel's loop computes (the tile times the block)."""
+    if name == 'na2d_bwd_dkdv_kernel':
+        return t.tkh * t.tkw * t.qrh * t.qw
+    return t.tqh * t.tqw * t.krh * t.kw
+
+
 def warps_per_sm(registers: int, warps: int, shared: int) -> int:
     """Resident warps per sm90 SM given registers per thread (allocated per warp in units of 256)."""
     per_warp = -(-registers * 32 // 256) * 256
@@ -155,17 +185,23 @@ def compile_kernel(name: str, t, dim: int, dtype: str = 'bf16', arch: int = 90):
 def measure(tunings, dims, dtype: str, ksize: int, arch: int) -> list[dict]:
     from localattn.ops.na.backends import triton as tri
     rows = []
-    for settings in tunings:
-        t = tri.tiling(ksize, ksize, **settings)
+    for chosen in tunings:  # None: the backend's default for each head dim
         for dim in dims:
+            settings = dict(tri.tuning_for(dim) if chosen is None else chosen)
+            label = tuning_label(settings) + (' (default)' if chosen is None else '')
+            t = tri.tiling(ksize, ksize, dim, **settings)
             for name in KERNELS:
                 t0 = time.perf_counter()
                 compiled = compile_kernel(name, t, dim, dtype, arch)
                 rep = ptxas_report(compiled.asm['ptx'], arch)
                 shared = int(compiled.metadata.shared)
-                rows.append(dict(kernel=name, tuning=tuning_label(settings), **settings, dim=dim, dtype=dtype,
+                loop = loop_instructions(compiled.asm['ptx'])
+                pairs = pairs_per_step(name, t)
+                rows.append(dict(kernel=name, tuning=label, **settings, dim=dim, dtype=dtype,
                                  kernel_size=ksize, shared_bytes=shared,
                                  warps_per_sm=warps_per_sm(rep['registers'], t.warps, shared),
+                                 loop_instructions=loop, pairs_per_step=pairs,
+                                 instructions_per_pair=round(loop * 32 * t.warps / pairs, 1),
                                  compile_s=round(time.perf_counter() - t0, 1), **rep))
                 print(' '.join(f'{k}={rows[-1][k]}' for k in FIELDS), flush=True)
     return rows
@@ -175,13 +211,14 @@ def markdown(rows: list[dict], command: str, arch: int) -> str:
     lines = [f'# Triton NA kernels on sm_{arch}: registers, spills, shared memory', '',
              f'`{command}` (compiled on CPU with Triton\'s `ptxas -v`; no kernel ran).', '',
              '| step_keys:warps:stages[:maxnreg] | head dim | kernel | registers | spill st/ld (B) | shared (B) '
-             '| warps/SM |',
-             '|---|---|---|---|---|---|---|']
+             '| warps/SM | loop instr. / step | pairs / step | thread instr. / pair |',
+             '|---|---|---|---|---|---|---|---|---|---|']
     for r in rows:
         spill = f"{r['spill_stores']}/{r['spill_loads']}"
         lines.append(f"| {r['tuning']} | {r['dim']} | {r['kernel']} | {r['registers']} "
                      f"| {'**' + spill + '**' if r['spill_stores'] or r['spill_loads'] else spill} "
-                     f"| {r['shared_bytes']} | {r['warps_per_sm']} |")
+                     f"| {r['shared_bytes']} | {r['warps_per_sm']} | {r['loop_instructions']} | {r['pairs_per_step']} "
+                     f"| {r['instructions_per_pair']} |")
     spilling = {r['tuning'] for r in rows if r['spill_stores'] or r['spill_loads']}
     clean = [t for t in dict.fromkeys(r['tuning'] for r in rows) if t not in spilling]
     lines += ['', 'Tunings without spills in any kernel and head dim: ' + (', '.join(clean) or 'none') + '.']
@@ -200,9 +237,10 @@ def main(argv=None) -> int:
     if os.environ.get('TRITON_INTERPRET') == '1':
         print('unset TRITON_INTERPRET: the interpreter does not compile kernels', file=sys.stderr)
         return 2
-    from localattn.ops.na.backends import triton as tri
     if args.quick:
-        tunings, dims = [dict(tri.TUNING)], [32]
+        tunings, dims = [None], [32]
+    elif args.defaults:
+        tunings, dims = [None], args.dims
     else:
         tunings = args.tunings or [parse_tuning(t) for t in CANDIDATES]
         dims = args.dims

@@ -19,15 +19,25 @@ Window rule (stride 1, non-causal), local index ``i`` on an axis of group length
 ``first(j) .. last(j)`` with ``first(j) = 0 if j <= k - 1 else j - (k - 1 - k // 2)`` and
 ``last(j) = Lg - 1 if j >= Lg - k else j + k // 2``. Keys at global index ``>= valid`` are dropped.
 
-Softmax statistics are kept in base 2 (``log2(e)`` folded into the scale). The RPB gradient is
-accumulated per program in registers (binned by relative offset) and written to a per-program slot
-of a partial buffer that the host sums: no atomics, deterministic, race-free by construction.
+Softmax statistics are kept in base 2: ``log2(e)`` is folded into the logit scale and the RPB table
+arrives multiplied by it (the host does that once per call). The RPB gradient is accumulated per
+program in registers (binned by relative offset) and written to a per-program slot of a partial
+buffer that the host sums: no atomics, deterministic, race-free by construction.
+
+The per-pair work is kept small, since with head dims of 32 it, not the dots, bounds the kernels:
+the window test is two unsigned compares of a row and a column offset (a key that must not count,
+past ``valid`` or outside the map, gets a row far outside every window instead of a third test),
+the RPB index is one subtraction of a per-key and a per-query term, and loads of whole head dims
+carry no lane mask.
 """
 import triton
 import triton.language as tl
 
-LOG2E: tl.constexpr = tl.constexpr(1.4426950408889634)
 _SIZES = ['Ly', 'Lx', 'kyk', 'kxk', 'dy', 'dx', 'Vy', 'Vx', 'tiles_y', 'tiles_x']
+
+
+#: a local row no window reaches: keys that must not count get it (see ``_in_window``)
+FAR: tl.constexpr = tl.constexpr(-(1 << 24))
 
 
 @triton.jit
@@ -40,6 +50,12 @@ def _group_len(length, dil, g):
 def _window_start(i, lg, k):
     """First key (local index) of the window of local query ``i``."""
     return tl.minimum(tl.maximum(i - k // 2, 0), lg - k)
+
+
+@triton.jit
+def _in_window(offset, k):
+    """``0 <= offset < k`` as one unsigned compare."""
+    return offset.to(tl.uint32, bitcast=True) < k.to(tl.uint32)
 
 
 @triton.jit
@@ -62,6 +78,21 @@ def _dot(a, b, IEEE: tl.constexpr, UPCAST: tl.constexpr):
 
 
 @triton.jit
+def _lanes(ok, d_ok, D: tl.constexpr, BD: tl.constexpr, TOKENS_LAST: tl.constexpr):
+    """Mask of tokens ``ok`` x head-dim lanes for ``[N, BD]`` (``[BD, N]`` if ``TOKENS_LAST``) tiles;
+    only the token part when every lane is used (the load broadcasts it)."""
+    if TOKENS_LAST:
+        mask = ok[None, :]
+        if D != BD:
+            mask = mask & d_ok[:, None]
+    else:
+        mask = ok[:, None]
+        if D != BD:
+            mask = mask & d_ok[None, :]
+    return mask
+
+
+@triton.jit
 def _tile(pid, bh, heads, Ly, Lx, dy, dx, tiles_y, tiles_x, TH: tl.constexpr, TW: tl.constexpr):
     """Where program ``(pid, bh)`` works: its dilation group, the group's lengths, and the local
     coordinates of its ``TH x TW`` tile (``inside``: the tile starts inside the group)."""
@@ -80,14 +111,16 @@ def _tile(pid, bh, heads, Ly, Lx, dy, dx, tiles_y, tiles_x, TH: tl.constexpr, TW
 @triton.jit
 def _query_tile(Q, q_base, sqy, sqx, gy, gx, dy, dx, qy, qx, q_ok, lgy, lgx, kyk, kxk,
                 D: tl.constexpr, BD: tl.constexpr):
-    """A query tile's window starts, head-dim lanes, global coordinates, load mask and queries ``[BQ, BD]``."""
+    """A query tile's window starts, RPB index term, head-dim lanes, global coordinates, load mask and
+    queries ``[BQ, BD]``. Queries outside the map are computed like the last ones and never stored."""
     d = tl.arange(0, BD)
     d_ok = d < D
     gq_y = gy + dy * qy
     gq_x = gx + dx * qx
-    qmask = q_ok[:, None] & d_ok[None, :]
+    qmask = _lanes(q_ok, d_ok, D, BD, False)
     q = tl.load(Q + q_base + (gq_y * sqy + gq_x * sqx)[:, None] + d[None, :], mask=qmask, other=0.)
-    return _window_start(qy, lgy, kyk), _window_start(qx, lgx, kxk), d, d_ok, gq_y, gq_x, qmask, q
+    return (_window_start(qy, lgy, kyk), _window_start(qx, lgx, kxk), qy * (2 * kxk - 1) + qx,
+            d, d_ok, gq_y, gq_x, qmask, q)
 
 
 @triton.jit
@@ -117,29 +150,31 @@ def _block(step, n_c, lo_r, lo_c, hi_r, hi_c, RH: tl.constexpr, CW: tl.constexpr
 
 
 @triton.jit
-def _key_block(K, k_base, sky, skx, gy, gx, dy, dx, step, n_c, r_lo, c_lo, r_hi, c_hi, Vy, Vx, d, d_ok,
-               RH: tl.constexpr, KW: tl.constexpr):
-    """Keys of block ``step`` of the key box: local rows and columns, validity, the keys as
-    ``[BD, RH * KW]``, and their global coordinates (for loading values the same way)."""
+def _key_block(K, k_base, sky, skx, gy, gx, dy, dx, step, n_c, r_lo, c_lo, r_hi, c_hi, Vy, Vx, kyk, kxk,
+               d, d_ok, D: tl.constexpr, BD: tl.constexpr, RH: tl.constexpr, KW: tl.constexpr):
+    """Keys of block ``step`` of the key box: local rows (``FAR`` for keys that must not count) and
+    columns, validity, the RPB index term, the keys as ``[BD, RH * KW]``, and their global coordinates
+    (for loading values the same way)."""
     kr, kc, k_in = _block(step, n_c, r_lo, c_lo, r_hi, c_hi, RH, KW)
     yk = gy + dy * kr
     xk = gx + dx * kc
     k_ok = k_in & (xk < Vx) & (yk < Vy)
-    kt = tl.load(K + k_base + (yk * sky + xk * skx)[None, :] + d[:, None], mask=k_ok[None, :] & d_ok[:, None],
+    kt = tl.load(K + k_base + (yk * sky + xk * skx)[None, :] + d[:, None], mask=_lanes(k_ok, d_ok, D, BD, True),
                  other=0.)
-    return kr, kc, k_ok, kt, yk, xk
+    kbias = (kr + kyk - 1) * (2 * kxk - 1) + kc + kxk - 1
+    return tl.where(k_ok, kr, FAR), kc, k_ok, kbias, kt, yk, xk
 
 
 @triton.jit
-def _logits(q, kt, kr, kc, k_ok, qy, qx, q_ok, sy, sx, kyk, kxk, rpb_h, scale2,
+def _logits(q, kt, kr, kc, kbias, sy, sx, qbias, kyk, kxk, rpb_h, scale2,
             HAS_RPB: tl.constexpr, IEEE: tl.constexpr, UPCAST: tl.constexpr):
     """Base-2 logits ``[BQ, BK]`` of a query tile against one key block (RPB added) and the window mask."""
-    s = _dot(q, kt, IEEE, UPCAST) * scale2
-    inwin = (q_ok[:, None] & k_ok[None, :] & (kr[None, :] >= sy[:, None]) & (kr[None, :] < sy[:, None] + kyk)
-             & (kc[None, :] >= sx[:, None]) & (kc[None, :] < sx[:, None] + kxk))
+    inwin = _in_window(kr[None, :] - sy[:, None], kyk) & _in_window(kc[None, :] - sx[:, None], kxk)
+    s = _dot(q, kt, IEEE, UPCAST)
     if HAS_RPB:
-        ridx = (kr[None, :] - qy[:, None] + kyk - 1) * (2 * kxk - 1) + (kc[None, :] - qx[:, None] + kxk - 1)
-        s += tl.load(rpb_h + ridx, mask=inwin, other=0.) * LOG2E
+        s = s * scale2 + tl.load(rpb_h + (kbias[None, :] - qbias[:, None]), mask=inwin, other=0.)
+    else:
+        s = s * scale2
     return s, inwin
 
 
@@ -156,8 +191,8 @@ def na2d_fwd_kernel(Q, K, V, Out, LSE, RPB,
                                                                  tiles_y, tiles_x, TQH, TQW)
     if inside:
         BQ: tl.constexpr = TQH * TQW
-        sy, sx, d, d_ok, gq_y, gq_x, qmask, q = _query_tile(Q, b * sqb + h * sqh, sqy, sqx, gy, gx, dy, dx, qy, qx,
-                                                            q_ok, lgy, lgx, kyk, kxk, D, BD)
+        sy, sx, qbias, d, d_ok, gq_y, gq_x, qmask, q = _query_tile(Q, b * sqb + h * sqh, sqy, sqx, gy, gx, dy, dx,
+                                                                   qy, qx, q_ok, lgy, lgx, kyk, kxk, D, BD)
         r_lo, r_hi, c_lo, c_hi = _key_box(y0, x0, lgy, lgx, kyk, kxk, TQH, TQW)
         n_steps, n_c = _box_steps(r_lo, r_hi, c_lo, c_hi, KRH, KW)
         rpb_h = RPB + h * (2 * kyk - 1) * (2 * kxk - 1)
@@ -165,10 +200,10 @@ def na2d_fwd_kernel(Q, K, V, Out, LSE, RPB,
         denom = tl.zeros([BQ], tl.float32)
         acc = tl.zeros([BQ, BD], tl.float32)
         for step in range(n_steps):
-            kr, kc, k_ok, kt, yk, xk = _key_block(K, b * skb + h * skh, sky, skx, gy, gx, dy, dx, step, n_c,
-                                                  r_lo, c_lo, r_hi, c_hi, Vy, Vx, d, d_ok, KRH, KW)
-            s, inwin = _logits(q, kt, kr, kc, k_ok, qy, qx, q_ok, sy, sx, kyk, kxk, rpb_h, scale2,
-                               HAS_RPB, IEEE, UPCAST)
+            kr, kc, k_ok, kbias, kt, yk, xk = _key_block(K, b * skb + h * skh, sky, skx, gy, gx, dy, dx, step, n_c,
+                                                         r_lo, c_lo, r_hi, c_hi, Vy, Vx, kyk, kxk, d, d_ok,
+                                                         D, BD, KRH, KW)
+            s, inwin = _logits(q, kt, kr, kc, kbias, sy, sx, qbias, kyk, kxk, rpb_h, scale2, HAS_RPB, IEEE, UPCAST)
             s = tl.where(inwin, s, float('-inf'))
             m_new = tl.maximum(m, tl.max(s, 1))
             m_use = tl.where(m_new == float('-inf'), 0., m_new)
@@ -176,7 +211,7 @@ def na2d_fwd_kernel(Q, K, V, Out, LSE, RPB,
             alpha = tl.exp2(m - m_use)
             denom = denom * alpha + tl.sum(p, 1)
             v = tl.load(V + b * svb + h * svh + (yk * svy + xk * svx)[:, None] + d[None, :],
-                        mask=k_ok[:, None] & d_ok[None, :], other=0.)
+                        mask=_lanes(k_ok, d_ok, D, BD, False), other=0.)
             acc = acc * alpha[:, None] + _dot(p.to(v.dtype), v, IEEE, UPCAST)
             m = m_new
         has = denom > 0
@@ -231,11 +266,11 @@ def na2d_bwd_dq_kernel(Q, K, V, Out, DO, LSE, DELTA, RPB, DQ, DRPB,
                                                                  tiles_y, tiles_x, TQH, TQW)
     if inside:
         BQ: tl.constexpr = TQH * TQW
-        sy, sx, d, d_ok, gq_y, gq_x, qmask, q = _query_tile(Q, b * sqb + h * sqh, sqy, sqx, gy, gx, dy, dx, qy, qx,
-                                                            q_ok, lgy, lgx, kyk, kxk, D, BD)
+        sy, sx, qbias, d, d_ok, gq_y, gq_x, qmask, q = _query_tile(Q, b * sqb + h * sqh, sqy, sqx, gy, gx, dy, dx,
+                                                                   qy, qx, q_ok, lgy, lgx, kyk, kxk, D, BD)
         do = tl.load(DO + b * sdb + h * sdh + (gq_y * sdy + gq_x * sdx)[:, None] + d[None, :], mask=qmask, other=0.)
         stat = bh.to(tl.int64) * Ly * Lx + gq_y * Lx + gq_x
-        lse = tl.load(LSE + stat, mask=q_ok, other=float('inf'))
+        lse = tl.load(LSE + stat, mask=q_ok, other=float('inf'))  # inf: queries outside the map get p = 0
         dense = ((((b * Ly + gq_y) * Lx + gq_x) * heads + h) * D)[:, None] + d[None, :]  # contiguous layout
         o = tl.load(Out + dense, mask=qmask, other=0.)
         delta = tl.sum(do.to(tl.float32) * o.to(tl.float32), 1)
@@ -248,12 +283,12 @@ def na2d_bwd_dq_kernel(Q, K, V, Out, DO, LSE, DELTA, RPB, DQ, DRPB,
         dq = tl.zeros([BQ, BD], tl.float32)
         drpb = tl.zeros([RPY, KW], tl.float32)  # RPB bins (KW >= 2 kx - 1, RPY >= 2 ky - 1)
         for step in range(n_steps):
-            kr, kc, k_ok, kt, yk, xk = _key_block(K, b * skb + h * skh, sky, skx, gy, gx, dy, dx, step, n_c,
-                                                  r_lo, c_lo, r_hi, c_hi, Vy, Vx, d, d_ok, KRH, KW)
+            kr, kc, k_ok, kbias, kt, yk, xk = _key_block(K, b * skb + h * skh, sky, skx, gy, gx, dy, dx, step, n_c,
+                                                         r_lo, c_lo, r_hi, c_hi, Vy, Vx, kyk, kxk, d, d_ok,
+                                                         D, BD, KRH, KW)
             vt = tl.load(V + b * svb + h * svh + (yk * svy + xk * svx)[None, :] + d[:, None],
-                         mask=k_ok[None, :] & d_ok[:, None], other=0.)
-            s, inwin = _logits(q, kt, kr, kc, k_ok, qy, qx, q_ok, sy, sx, kyk, kxk, rpb_h, scale2,
-                               HAS_RPB, IEEE, UPCAST)
+                         mask=_lanes(k_ok, d_ok, D, BD, True), other=0.)
+            s, inwin = _logits(q, kt, kr, kc, kbias, sy, sx, qbias, kyk, kxk, rpb_h, scale2, HAS_RPB, IEEE, UPCAST)
             dp = _dot(do, vt, IEEE, UPCAST)
             p = tl.where(inwin, tl.exp2(s - lse[:, None]), 0.)
             ds = p * (dp - delta[:, None])
@@ -279,7 +314,8 @@ def na2d_bwd_dkdv_kernel(Q, K, V, DO, LSE, DELTA, RPB, DK, DV,
                          UPCAST: tl.constexpr):
     """dk and dv: one program = one key tile; walks the queries whose windows hold its keys.
 
-    ``DK`` and ``DV`` are contiguous ``[B, Y, X, heads, D]``.
+    ``DK`` and ``DV`` are contiguous ``[B, Y, X, heads, D]``. Queries of a block outside the box get
+    ``lse = inf`` (no probability), keys that must not count a ``FAR`` row (outside every window).
     """
     bh = tl.program_id(1)
     b, h, gy, gx, lgy, lgx, y0, x0, ky, kx, k_in, inside = _tile(tl.program_id(0), bh, heads, Ly, Lx, dy, dx,
@@ -291,9 +327,12 @@ def na2d_bwd_dkdv_kernel(Q, K, V, DO, LSE, DELTA, RPB, DK, DV,
         k_ok = k_in & (gk_y < Vy) & (gk_x < Vx)
         d = tl.arange(0, BD)
         d_ok = d < D
-        kmask = k_ok[:, None] & d_ok[None, :]
+        kmask = _lanes(k_ok, d_ok, D, BD, False)
         k = tl.load(K + b * skb + h * skh + (gk_y * sky + gk_x * skx)[:, None] + d[None, :], mask=kmask, other=0.)
         v = tl.load(V + b * svb + h * svh + (gk_y * svy + gk_x * svx)[:, None] + d[None, :], mask=kmask, other=0.)
+        ky_w = tl.where(k_ok, ky, FAR)
+        rx_n = 2 * kxk - 1
+        kbias = (ky + kyk - 1) * rx_n + kx + kxk - 1
         wry = kyk - 1 - kyk // 2
         wrx = kxk - 1 - kxk // 2
         y1 = tl.minimum(y0 + TKH, lgy) - 1
@@ -303,7 +342,6 @@ def na2d_bwd_dkdv_kernel(Q, K, V, DO, LSE, DELTA, RPB, DK, DV,
         c_lo = tl.where(x0 <= kxk - 1, 0, x0 - wrx)
         c_hi = tl.where(x1 >= lgx - kxk, lgx - 1, x1 + kxk // 2) + 1
         n_steps, n_c = _box_steps(r_lo, r_hi, c_lo, c_hi, QRH, QW)
-        rx_n = 2 * kxk - 1
         rpb_h = RPB + h * (2 * kyk - 1) * rx_n
         dk = tl.zeros([BK, BD], tl.float32)
         dv = tl.zeros([BK, BD], tl.float32)
@@ -313,24 +351,25 @@ def na2d_bwd_dkdv_kernel(Q, K, V, DO, LSE, DELTA, RPB, DK, DV,
             xq = gx + dx * qc
             sy = _window_start(qr, lgy, kyk)
             sx = _window_start(qc, lgx, kxk)
-            qmask = q_ok[:, None] & d_ok[None, :]
+            qmask = _lanes(q_ok, d_ok, D, BD, False)
             q = tl.load(Q + b * sqb + h * sqh + (yq * sqy + xq * sqx)[:, None] + d[None, :], mask=qmask, other=0.)
             do = tl.load(DO + b * sdb + h * sdh + (yq * sdy + xq * sdx)[:, None] + d[None, :], mask=qmask, other=0.)
             stat = bh.to(tl.int64) * Ly * Lx + yq * Lx + xq
             lse = tl.load(LSE + stat, mask=q_ok, other=float('inf'))
             delta = tl.load(DELTA + stat, mask=q_ok, other=0.)
-            inwin = (k_ok[:, None] & q_ok[None, :] & (ky[:, None] >= sy[None, :]) & (ky[:, None] < sy[None, :] + kyk)
-                     & (kx[:, None] >= sx[None, :]) & (kx[:, None] < sx[None, :] + kxk))
-            st = _dot(k, tl.trans(q), IEEE, UPCAST) * scale2
+            inwin = _in_window(ky_w[:, None] - sy[None, :], kyk) & _in_window(kx[:, None] - sx[None, :], kxk)
+            st = _dot(k, tl.trans(q), IEEE, UPCAST)
             dpt = _dot(v, tl.trans(do), IEEE, UPCAST)
             if HAS_RPB:
-                ridx = (ky[:, None] - qr[None, :] + kyk - 1) * rx_n + (kx[:, None] - qc[None, :] + kxk - 1)
-                st += tl.load(rpb_h + ridx, mask=inwin, other=0.) * LOG2E
+                qbias = qr * rx_n + qc
+                st = st * scale2 + tl.load(rpb_h + (kbias[:, None] - qbias[None, :]), mask=inwin, other=0.)
+            else:
+                st = st * scale2
             pt = tl.where(inwin, tl.exp2(st - lse[None, :]), 0.)
             dst = pt * (dpt - delta[None, :])
             dv += _dot(pt.to(do.dtype), do, IEEE, UPCAST)
             dk += _dot(dst.to(q.dtype), q, IEEE, UPCAST)
         out = ((((b * Ly + gk_y) * Lx + gk_x) * heads + h) * D)[:, None] + d[None, :]
-        omask = k_in[:, None] & d_ok[None, :]
+        omask = _lanes(k_in, d_ok, D, BD, False)
         tl.store(DK + out, (dk * scale).to(DK.dtype.element_ty), mask=omask)
         tl.store(DV + out, dv.to(DV.dtype.element_ty), mask=omask)

@@ -81,23 +81,35 @@ class Tiling(NamedTuple):
     maxnreg: int | None  # register cap per thread given to ptxas (None: ptxas's own choice, <= 255)
 
 
-#: Launch settings of the kernels. ``step_keys``: keys (queries, for dk/dv) per inner-loop block of
-#: the 2-D kernels, ``KRH`` box rows of ``KW`` columns with ``KRH * KW`` at most this (1: one box row
-#: per step); ``warps``, ``stages``, ``maxnreg``: Triton's ``num_warps`` / ``num_stages`` / register cap
-#: (``None``: none). Chosen without a GPU
-#: from the sm90 registers and spills of every alternative
-#: (``tools/analysis_tools/triton_resources.py``); ``gpu_check.py --sections triton_tuning`` times the
-#: alternatives on a GPU.
-TUNING = {'step_keys': 32, 'warps': 8, 'stages': 2, 'maxnreg': None}
+#: Launch settings of the kernels by head dim: entry ``bound -> settings`` serves head dims up to
+#: ``bound`` (the largest bound serves larger ones too). ``step_keys``: keys (queries, for dk/dv) per
+#: inner-loop block of the 2-D kernels, ``KRH`` box rows of ``KW`` columns with ``KRH * KW`` at most
+#: this (1: one box row per step); ``warps``, ``stages``, ``maxnreg``: Triton's ``num_warps`` /
+#: ``num_stages`` / register cap (``None``: none). Chosen without a GPU from what the kernels compile
+#: to for sm90 (``tools/analysis_tools/triton_resources.py``): no register spills, then the fewest
+#: instructions per computed query-key pair (4 warps: ~36-48 per pair at head dim 32, 8 warps: ~57-76,
+#: but 4 warps spill from head dim 64 on). ``gpu_check.py --sections triton_tuning`` times alternatives
+#: on a GPU.
+TUNING: dict[int, dict] = {
+    32: {'step_keys': 32, 'warps': 4, 'stages': 2, 'maxnreg': None},
+    128: {'step_keys': 32, 'warps': 8, 'stages': 2, 'maxnreg': None},
+}
 
 
-def tiling(ky: int, kx: int, **settings) -> Tiling:
+def tuning_for(dim: int) -> dict:
+    """The :data:`TUNING` entry (the dict itself) that serves head dim ``dim``."""
+    bounds = sorted(TUNING)
+    return TUNING[next((b for b in bounds if dim <= b), bounds[-1])]
+
+
+def tiling(ky: int, kx: int, dim: int = 32, **settings) -> Tiling:
     """Tile shapes and launch settings for a (2-D view of the) call with kernel ``(ky, kx)``
-    (``ky == 1`` for 1-D); ``settings`` (keys of :data:`TUNING`) override :data:`TUNING`."""
-    unknown = set(settings) - set(TUNING)
+    (``ky == 1`` for 1-D) and head dim ``dim``; ``settings`` override the :data:`TUNING` entry."""
+    base = tuning_for(dim)
+    unknown = set(settings) - set(base)
     if unknown:
-        raise ValueError(f'tiling settings must be among {sorted(TUNING)}, got {sorted(unknown)}')
-    return _tiling(ky, kx, **{**TUNING, **settings})
+        raise ValueError(f'tiling settings must be among {sorted(base)}, got {sorted(unknown)}')
+    return _tiling(ky, kx, **{**base, **settings})
 
 
 @functools.lru_cache(maxsize=256)
@@ -129,7 +141,7 @@ def _as_2d(axes: tuple[AxisSpec, ...]) -> tuple[AxisSpec, AxisSpec]:
     return (AxisSpec(1, 1), axes[0]) if len(axes) == 1 else (axes[0], axes[1])
 
 
-def computed_pairs(axes: tuple[AxisSpec, ...]) -> int:
+def computed_pairs(axes: tuple[AxisSpec, ...], dim: int = 32) -> int:
     """Query-key pairs the forward kernel computes (masked ones included), per batch and head.
 
     Counts, for every query tile of every dilation group, ``tile size x KW x`` (box rows, rounded up
@@ -137,7 +149,7 @@ def computed_pairs(axes: tuple[AxisSpec, ...]) -> int:
     evaluates. Compare with ``prod(lengths) * prod(kernels)``, the pairs NA needs.
     """
     ay, ax = _as_2d(axes)
-    t = tiling(ay.kernel, ax.kernel)
+    t = tiling(ay.kernel, ax.kernel, dim)
 
     def spans(spec: AxisSpec, tile: int) -> list[int]:
         """Box extent (keys) of every tile of every dilation group along one axis."""
@@ -157,9 +169,9 @@ def computed_pairs(axes: tuple[AxisSpec, ...]) -> int:
     return t.tqh * t.tqw * t.kw * rows * col_steps
 
 
-def _geometry(axes):
+def _geometry(axes, dim: int):
     ay, ax = _as_2d(axes)
-    tl_ = tiling(ay.kernel, ax.kernel)
+    tl_ = tiling(ay.kernel, ax.kernel, dim)
     return ay, ax, tl_
 
 
@@ -191,11 +203,12 @@ class _NATriton(torch.autograd.Function):
     def forward(ctx, query, key, value, rpb, axes, scale):
         one_d = len(axes) == 1
         q, k, v = (_view_2d(x, one_d) for x in (query, key, value))
-        ay, ax, t = _geometry(axes)
         b, heads, dim = q.shape[0], q.shape[-2], q.shape[-1]
+        ay, ax, t = _geometry(axes, dim)
         out = torch.empty(q.shape, dtype=q.dtype, device=q.device)
         lse = torch.empty((b, heads, ay.length, ax.length), dtype=torch.float32, device=q.device)
-        bias = (rpb.detach().to(torch.float32).contiguous() if rpb is not None
+        # the kernels add RPB to base-2 logits: the table goes in multiplied by log2(e)
+        bias = (rpb.detach().to(torch.float32) * LOG2E if rpb is not None
                 else torch.zeros(1, dtype=torch.float32, device=q.device))
         sizes, n_tiles = _launch_args(ay, ax, heads, t.tqh, t.tqw)
         ieee = q.dtype == torch.float32
@@ -213,11 +226,11 @@ class _NATriton(torch.autograd.Function):
     @staticmethod
     def backward(ctx, grad_out):
         q, k, v, bias, out, lse = ctx.saved_tensors
-        ay, ax, t = _geometry(ctx.axes)
+        b, heads, dim = q.shape[0], q.shape[-2], q.shape[-1]
+        ay, ax, t = _geometry(ctx.axes, dim)
         do = _view_2d(grad_out, ctx.one_d)
         if do.dtype != q.dtype:
             do = do.to(q.dtype)
-        b, heads, dim = q.shape[0], q.shape[-2], q.shape[-1]
         delta = torch.empty_like(lse)  # rowsum(dO * O), written by the dq kernel for the dk/dv kernel
         dq = torch.empty(q.shape, dtype=q.dtype, device=q.device)
         dk = torch.empty(q.shape, dtype=q.dtype, device=q.device)
