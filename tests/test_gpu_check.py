@@ -26,9 +26,9 @@ def test_quick_cpu_run_writes_a_complete_report(tmp_path):
     env.pop('TRITON_INTERPRET', None)
     proc = subprocess.run([sys.executable, str(TOOL), '--device', 'cpu', '--quick', '--out', str(tmp_path)],
                           env=env, capture_output=True, text=True, timeout=1200)
-    assert proc.returncode == 0, proc.stdout[-3000:] + proc.stderr[-3000:]
-    rows = list(csv.DictReader(open(tmp_path / 'gpu_check.csv')))
-    assert not [r for r in rows if r['status'] == 'FAIL']
+    rows = list(csv.DictReader(open(tmp_path / 'gpu_check.csv'))) if (tmp_path / 'gpu_check.csv').exists() else []
+    failed = [r for r in rows if r['status'] == 'FAIL']
+    assert proc.returncode == 0 and not failed, (failed, proc.stdout[-3000:] + proc.stderr[-3000:])
     by_section = {}
     for r in rows:
         by_section.setdefault(r['section'], []).append(r)

@@ -425,8 +425,8 @@ QUICK_TUNING_SHAPES = [('quick 12x13', 1, 12, 13, 1, 1)]
 def section_triton_tuning(rep, torch, na, device, quick, deadline, timer) -> None:
     """Time every candidate launch setting of the triton kernels on NAT-Tiny's NA calls (head dim 32),
     check each against the current setting's results, and keep the fastest for the rest of the run (the
-    report says which; the head-dim-32 entry of ``TUNING`` in ``ops/na/backends/triton.py`` is the
-    place to make it the default)."""
+    report says which; the entry of ``TUNING`` in ``ops/na/backends/triton.py`` serving head dim 32 is
+    the place to make it the default)."""
     from localattn.ops.na.backends import triton as tri
     sys.path.insert(0, str(Path(__file__).resolve().parent))
     from triton_resources import CANDIDATES, parse_tuning, tuning_label
@@ -484,7 +484,7 @@ def section_triton_tuning(rep, torch, na, device, quick, deadline, timer) -> Non
             current.update(settings)
             rep.note(sec, f'fastest: {best_label} ({best * 1e3:.2f} ms of NA per NAT-Tiny step, '
                      f'{tuning_label(start)}: {totals[tuning_label(start)][0] * 1e3:.2f} ms); '
-                     f'the rest of this run uses it for head dim {dim} (TUNING[{dim}] = {settings})')
+                     f'the rest of this run uses it for head dim {dim} (the TUNING entry serving it = {settings})')
 
 
 def section_ratios(rep: Report) -> None:

@@ -87,20 +87,28 @@ def parse_args(argv=None) -> argparse.Namespace:
     return p.parse_args(argv)
 
 
-def signature(fn, dtype: str, consts: dict) -> tuple[dict, dict]:
-    """Triton signature and constexprs of one of our kernels for pointer dtype ``dtype``."""
-    sig, constexprs = {}, {}
+def signature(fn, dtype: str, consts: dict) -> tuple[dict, dict, dict]:
+    """Triton signature, constexprs and attributes of one of our kernels for pointer dtype ``dtype``.
+
+    The attributes are what Triton's launcher specializes on for the usual inputs: pointers 16-byte
+    aligned (PyTorch's allocations) and the tensors' strides multiples of 16 (contiguous or fused-qkv
+    ``[B, H, W, heads, D]`` with ``D`` a multiple of 16); sizes are never specialized.
+    """
+    sig, constexprs, attrs = {}, {}, {}
     for i, p in enumerate(fn.params):
         if p.is_constexpr:
             sig[p.name] = 'constexpr'
             constexprs[(i,)] = consts[p.name]
-        elif p.name in POINTERS:
+            continue
+        if p.name in POINTERS:
             sig[p.name] = f'*{dtype}'
         elif p.name in FP32_POINTERS:
             sig[p.name] = '*fp32'
         else:
             sig[p.name] = 'fp32' if p.name.startswith('scale') else 'i32'
-    return sig, constexprs
+        if sig[p.name].startswith('*') or re.fullmatch(r's[qkvod][bhyx]', p.name):
+            attrs[(i,)] = [['tt.divisibility', 16]]
+    return sig, constexprs, attrs
 
 
 def kernel_constants(t, dim: int, dtype: str) -> dict:
@@ -176,8 +184,8 @@ def compile_kernel(name: str, t, dim: int, dtype: str = 'bf16', arch: int = 90):
     from localattn.ops.na.backends import _triton_kernels
     from localattn.ops.na.backends.triton import launch_options
     fn = getattr(_triton_kernels, name)
-    sig, constexprs = signature(fn, dtype, kernel_constants(t, dim, dtype))
-    return triton.compile(ASTSource(fn=fn, signature=sig, constexprs=constexprs),
+    sig, constexprs, attrs = signature(fn, dtype, kernel_constants(t, dim, dtype))
+    return triton.compile(ASTSource(fn=fn, signature=sig, constexprs=constexprs, attrs=attrs),
                           target=GPUTarget('cuda', arch, 32),
                           options=launch_options(t))
 

@@ -87,11 +87,11 @@ class Tiling(NamedTuple):
 #: this (1: one box row per step); ``warps``, ``stages``, ``maxnreg``: Triton's ``num_warps`` /
 #: ``num_stages`` / register cap (``None``: none). Chosen without a GPU from what the kernels compile
 #: to for sm90 (``tools/analysis_tools/triton_resources.py``): no register spills, then the fewest
-#: instructions per computed query-key pair (4 warps: ~36-48 per pair at head dim 32, 8 warps: ~57-76,
-#: but 4 warps spill from head dim 64 on). ``gpu_check.py --sections triton_tuning`` times alternatives
-#: on a GPU.
+#: instructions per computed query-key pair (4 warps: ~30-48 per pair at head dims 32-64, 8 warps:
+#: ~54-84; 4 warps spill at head dim 128). ``gpu_check.py --sections triton_tuning`` times
+#: alternatives on a GPU.
 TUNING: dict[int, dict] = {
-    32: {'step_keys': 32, 'warps': 4, 'stages': 2, 'maxnreg': None},
+    64: {'step_keys': 32, 'warps': 4, 'stages': 2, 'maxnreg': None},
     128: {'step_keys': 32, 'warps': 8, 'stages': 2, 'maxnreg': None},
 }
 
