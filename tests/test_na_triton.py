@@ -74,6 +74,22 @@ def run_case(case: dict, dtype: torch.dtype, seed: int = 0) -> list[float]:
 
 FP32_CASES = random_configs(20, seed=1)
 HALF_CASES = random_configs(4, seed=2)
+# the other block sizes gpu_check's tuning section may pick: 2-D cases whose key blocks get several rows
+STEP_CASES = [c for c in FP32_CASES if len(c['shape']) == 2 and max(c['kernel']) <= 8][:3]
+OTHER_STEPS = (1, 64, 128)
+
+
+def run_with_step_keys(case: dict, step_keys: int) -> list[float]:
+    """run_case with the launch settings' ``step_keys`` replaced (worker side)."""
+    entry = tri.tuning_for(case['dim'])
+    saved = dict(entry)
+    entry['step_keys'] = step_keys
+    try:
+        assert (tri.tiling(*case['kernel'], case['dim']).krh > 1) == (step_keys > 16)  # kw = 16 at k <= 8
+        return run_case(case, torch.float32)
+    finally:
+        entry.clear()
+        entry.update(saved)
 
 
 def test_configs_cover_the_acceptance_ranges():
@@ -112,6 +128,13 @@ def test_fp32_equals_reference(worker, i):
 def test_half_precision_equals_reference(worker, i, dtype):
     errs = worker[f'{dtype}/{i}']
     assert isinstance(errs, list) and max(errs) < 2e-2, errs
+
+
+@pytest.mark.parametrize('step_keys', OTHER_STEPS)
+@pytest.mark.parametrize('i', range(len(STEP_CASES)), ids=[_case_id(c) for c in STEP_CASES])
+def test_other_block_sizes_equal_reference(worker, i, step_keys):
+    errs = worker[f'step{step_keys}/{i}']
+    assert isinstance(errs, list) and max(errs) < 1e-5, errs
 
 
 def test_public_op_and_strided_inputs(worker):
@@ -234,6 +257,9 @@ def _worker_main() -> None:
     for i, case in enumerate(HALF_CASES):
         for dtype in (torch.float16, torch.bfloat16):
             attempt(f'{str(dtype)[6:]}/{i}', lambda: run_case(case, dtype))
+    for step_keys in OTHER_STEPS:
+        for i, case in enumerate(STEP_CASES):
+            attempt(f'step{step_keys}/{i}', lambda: run_with_step_keys(case, step_keys))
     attempt('public', lambda: (check_public_op_and_strided_inputs(), 'ok')[1])
     attempt('no_keys', lambda: (check_queries_without_keys(), 'ok')[1])
     print(json.dumps(results))
