@@ -146,14 +146,15 @@ def test_queries_without_keys_give_zeros_and_finite_grads(worker):
 
 
 def check_public_op_and_strided_inputs():
-    """``na2d(backend='triton')`` on slices of a fused qkv tensor (strided, read in place) and 1-D."""
+    """``na2d(backend='triton')`` on slices of a fused qkv tensor (strided, read in place), with a
+    transposed (non-contiguous) RPB table, and 1-D."""
     from localattn.ops.na import na1d, na2d
     torch.manual_seed(0)
     qkv = torch.randn(2, 9, 10, 3, 2, 16, requires_grad=True)
     q, k, v = qkv.unbind(3)
     rpb = torch.randn(2, 9, 9, requires_grad=True)
-    out = na2d(q, k, v, 5, dilation=(1, 2), rpb=rpb, backend='triton')
-    ref = na2d(q, k, v, 5, dilation=(1, 2), rpb=rpb, backend='reference')
+    out = na2d(q, k, v, 5, dilation=(1, 2), rpb=rpb.transpose(1, 2), backend='triton')
+    ref = na2d(q, k, v, 5, dilation=(1, 2), rpb=rpb.transpose(1, 2), backend='reference')
     torch.testing.assert_close(out, ref, rtol=1e-5, atol=1e-5)
     g1 = torch.autograd.grad(out.square().sum(), [qkv, rpb])
     g2 = torch.autograd.grad(ref.square().sum(), [qkv, rpb])

@@ -208,7 +208,7 @@ class _NATriton(torch.autograd.Function):
         out = torch.empty(q.shape, dtype=q.dtype, device=q.device)
         lse = torch.empty((b, heads, ay.length, ax.length), dtype=torch.float32, device=q.device)
         # the kernels add RPB to base-2 logits: the table goes in multiplied by log2(e)
-        bias = (rpb.detach().to(torch.float32) * LOG2E if rpb is not None
+        bias = ((rpb.detach().to(torch.float32) * LOG2E).contiguous() if rpb is not None
                 else torch.zeros(1, dtype=torch.float32, device=q.device))
         sizes, n_tiles = _launch_args(ay, ax, heads, t.tqh, t.tqw)
         ieee = q.dtype == torch.float32
