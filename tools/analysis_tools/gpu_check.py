@@ -265,8 +265,8 @@ def section_train_steps(rep, torch, device, quick, deadline, backend):
 
 
 def na_kernel_time(torch, step) -> tuple[float, float] | None:
-    """GPU time of the NA kernels (names containing ``na2d_`` / ``flex``) in one call of ``step``, and of
-    all kernels, in ms, from ``torch.profiler``; ``None`` when the profiler gives no CUDA events."""
+    """GPU time of the triton backend's NA kernels (names containing ``na2d_``) in one call of ``step``,
+    and of all kernels, in ms, from ``torch.profiler``; ``None`` when the profiler gives no CUDA events."""
     from torch.profiler import ProfilerActivity, profile
     try:
         with profile(activities=[ProfilerActivity.CUDA]) as prof:
@@ -278,7 +278,7 @@ def na_kernel_time(torch, step) -> tuple[float, float] | None:
             if t is None:
                 t = getattr(evt, 'self_cuda_time_total', 0.0)
             total += t
-            if 'na2d_' in evt.key or 'flex' in evt.key:
+            if 'na2d_' in evt.key:
                 na += t
     except Exception:  # noqa: BLE001 - profiling is an extra; the timing rows stand without it
         return None
@@ -321,7 +321,7 @@ def section_backbone_speed(rep, torch, device, quick, deadline, timer, backends,
             rep.backbone_ips[name] = batch / sec_per_step
             rep.add(sec, f'{name} {size}px b{batch} train step bf16', backend or '-', 'images/s',
                     batch / sec_per_step, '', f'peak {mem:.0f} MB' if mem is not None else '')
-            if backend is not None and device == 'cuda':
+            if backend == 'triton' and device == 'cuda':  # flex's kernels have generated names
                 share = na_kernel_time(torch, step)
                 if share is not None:
                     rep.add(sec, f'{name} {size}px b{batch} train step bf16', backend, 'NA kernels ms / step',
