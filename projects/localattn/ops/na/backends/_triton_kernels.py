@@ -26,7 +26,7 @@ buffer that the host sums: no atomics, deterministic, race-free by construction.
 
 The per-pair work is kept small, since with head dims of 32 it, not the dots, bounds the kernels:
 the window test is two unsigned compares of a row and a column offset (a key that must not count,
-past ``valid`` or outside the map, gets a row far outside every window instead of a third test),
+past ``valid`` or outside the box, gets a row far outside every window instead of a third test),
 the RPB index is one subtraction of a per-key and a per-query term, and loads of whole head dims
 carry no lane mask.
 """
