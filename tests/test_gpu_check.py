@@ -60,13 +60,9 @@ def test_quick_cpu_run_writes_a_complete_report(tmp_path):
     assert (tmp_path / 'gpu_check.json').exists()
 
 
-def test_na_kernel_time_without_cuda_events_is_none():
+def test_na_kernel_time_without_cuda_events_is_none(load_tool):
     """The profiler share is an extra of GPU runs: without CUDA kernels it reports nothing (no error)."""
-    import importlib.util
-
     import torch
-    spec = importlib.util.spec_from_file_location('gpu_check', str(TOOL))
-    module = importlib.util.module_from_spec(spec)
-    spec.loader.exec_module(module)
+    module = load_tool('analysis_tools/gpu_check.py')
     x = torch.randn(8, 8, requires_grad=True)
     assert module.na_kernel_time(torch, lambda: (x @ x).sum().backward()) is None

@@ -1,23 +1,15 @@
 """tools/analysis_tools/na_tiling_report.py: the table's figures are the backends' computed_pairs."""
 import csv
-import importlib.util
-import os.path as osp
 
 import pytest
 
 from localattn.ops.na.backends import flex
 from localattn.ops.na.indexing import AxisSpec
 
-ROOT = osp.dirname(osp.dirname(osp.abspath(__file__)))
-
 
 @pytest.fixture(scope='module')
-def report():
-    spec = importlib.util.spec_from_file_location(
-        'na_tiling_report', osp.join(ROOT, 'tools', 'analysis_tools', 'na_tiling_report.py'))
-    module = importlib.util.module_from_spec(spec)
-    spec.loader.exec_module(module)
-    return module
+def report(load_tool):
+    return load_tool('analysis_tools/na_tiling_report.py')
 
 
 def test_quick_table(report, tmp_path, capsys):

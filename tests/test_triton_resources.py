@@ -5,23 +5,16 @@ spills. The default launch settings (``TUNING``) must not spill at the head dims
 NAT/DiNAT, 64 for the isotropic variants).
 """
 import csv
-import importlib.util
 import os
-import os.path as osp
 
 import pytest
 
 pytest.importorskip('triton')
 
-ROOT = osp.dirname(osp.dirname(osp.abspath(__file__)))
-
 
 @pytest.fixture(scope='module')
-def tool():
-    spec = importlib.util.spec_from_file_location(
-        'triton_resources', osp.join(ROOT, 'tools', 'analysis_tools', 'triton_resources.py'))
-    module = importlib.util.module_from_spec(spec)
-    spec.loader.exec_module(module)
+def tool(load_tool):
+    module = load_tool('analysis_tools/triton_resources.py')
     try:
         from triton.backends.nvidia.compiler import get_ptxas
         get_ptxas(90)
