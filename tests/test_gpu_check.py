@@ -57,6 +57,7 @@ def test_quick_cpu_run_writes_a_complete_report(tmp_path):
     report = (tmp_path / 'gpu_check.md').read_text()
     assert '## correctness' in report and '## summary' in report and '0 FAIL rows' in report
     assert 'fastest: ' in report
+    assert '| triton TUNING at start | <=64: ' in report and '| triton TUNING at the end | <=64: ' in report
     assert (tmp_path / 'gpu_check.json').exists()
 
 

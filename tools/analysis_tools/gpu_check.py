@@ -521,7 +521,15 @@ def environment(torch, device: str) -> dict:
         except Exception:  # noqa: BLE001
             env[pkg] = 'not installed'
     env['date'] = time.strftime('%Y-%m-%d %H:%M UTC', time.gmtime())
+    env['triton TUNING at start'] = tuning_summary()
     return env
+
+
+def tuning_summary() -> str:
+    """The triton backend's launch settings by head-dim bound, e.g. ``<=64: 32:4:2, <=128: 32:8:2``."""
+    from localattn.ops.na.backends import triton as tri
+    return ', '.join(f"<={bound}: {c['step_keys']}:{c['warps']}:{c['stages']}"
+                     + (f":{c['maxnreg']}" if c.get('maxnreg') else '') for bound, c in sorted(tri.TUNING.items()))
 
 
 def main(argv=None) -> int:
@@ -579,6 +587,7 @@ def main(argv=None) -> int:
     run('flex_backbone_speed', lambda: section_backbone_speed(rep, torch, args.device, args.quick, deadline,
                                                               timer, ['flex'], with_swin=False))
     section_ratios(rep)
+    rep.env['triton TUNING at the end'] = tuning_summary()
     rep.note('summary', f'total {time.perf_counter() - start:.1f} s; '
              f'{sum(r["status"] == "FAIL" for r in rep.rows)} FAIL rows, '
              f'{sum(r["status"] == "PASS" for r in rep.rows)} PASS rows')
