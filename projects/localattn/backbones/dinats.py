@@ -23,7 +23,7 @@ from mmcv.cnn import build_norm_layer
 from torch import Tensor
 
 from ..converters.official import dinats_to_backbone
-from .nat import PyramidNA, build_levels, resolve_dilations
+from .nat import PyramidNA, build_levels, check_na_backend, resolve_dilations
 
 __all__ = ['DiNATs', 'DINATS_ARCHS', 'DINATS_DILATIONS']
 
@@ -127,6 +127,7 @@ class DiNATs(PyramidNA):
             ``requires_grad=False`` and stay in eval mode through ``train()``.
         norm_cfg: every LayerNorm (``dict(type='LN')``; channels-last).
         with_cp: ``torch.utils.checkpoint`` each block (``use_reentrant=False``) to save memory.
+        na_backend: the NA backend of every block, as :class:`~localattn.backbones.NAT`'s.
         init_cfg: None (truncated-normal init), a dict or a list. ``dict(type='Pretrained',
             checkpoint=PATH)`` loads an official DiNAT_s classification checkpoint (``layers.*``,
             ``norm.*``, ``head.*``; wrapped or prefixed ``module.``/``backbone.``), an mmpretrain
@@ -162,7 +163,7 @@ class DiNATs(PyramidNA):
                  kernel_size: Optional[int] = None, drop_path_rate: Optional[float] = None,
                  qkv_bias: bool = True, drop_rate: float = 0., attn_drop_rate: float = 0.,
                  out_indices: Sequence[int] = (0, 1, 2, 3), frozen_stages: int = -1,
-                 norm_cfg: dict = dict(type='LN'), with_cp: bool = False,
+                 norm_cfg: dict = dict(type='LN'), with_cp: bool = False, na_backend: str = 'auto',
                  init_cfg: Optional[dict] = None) -> None:
         spec = self.resolve_arch(arch, kernel_size=kernel_size, drop_path_rate=drop_path_rate)
         super().__init__(spec, out_indices, frozen_stages, with_cp, init_cfg)
@@ -174,5 +175,5 @@ class DiNATs(PyramidNA):
             self.num_features, self.depths, self.num_heads, self.kernel_size, self.dilations,
             spec['drop_path_rate'], PatchMerging, norm_cfg, self.with_cp,
             mlp_ratio=spec['mlp_ratio'], qkv_bias=qkv_bias, drop=drop_rate,
-            attn_drop=attn_drop_rate)
+            attn_drop=attn_drop_rate, na_backend=check_na_backend(na_backend))
         self.add_output_norms(norm_cfg)

@@ -23,7 +23,7 @@ from torch import Tensor
 from ..converters.official import isotropic_to_backbone
 from .base import HierarchicalBackbone, checkpoint_blocks
 from .dinats import PatchEmbed
-from .nat import NATBlock, release_init
+from .nat import NATBlock, check_na_backend, release_init
 
 __all__ = ['IsotropicNAT', 'IsotropicDiNAT', 'ISOTROPIC_ARCHS']
 
@@ -63,6 +63,7 @@ class IsotropicNAT(HierarchicalBackbone):
             ``0..n-1`` and their output norms (kept frozen and in eval mode through ``train()``).
         norm_cfg: every LayerNorm (``dict(type='LN')``).
         with_cp: ``torch.utils.checkpoint`` each block (``use_reentrant=False``).
+        na_backend: the NA backend of every block, as :class:`~localattn.backbones.NAT`'s.
         init_cfg: None (truncated-normal init), a dict or a list. ``dict(type='Pretrained',
             checkpoint=PATH)`` loads an official isotropic checkpoint (``patch_embed.*``,
             ``layers.{j}.*``, ``norm.*``, ``head.*``), an mmpretrain conversion or a downstream
@@ -89,7 +90,7 @@ class IsotropicNAT(HierarchicalBackbone):
                  kernel_size: Optional[int] = None, drop_path_rate: Optional[float] = None,
                  qkv_bias: bool = True, drop_rate: float = 0., attn_drop_rate: float = 0.,
                  out_indices: Union[int, Sequence[int]] = (-1, ), frozen_stages: int = -1,
-                 norm_cfg: dict = dict(type='LN'), with_cp: bool = False,
+                 norm_cfg: dict = dict(type='LN'), with_cp: bool = False, na_backend: str = 'auto',
                  init_cfg: Optional[dict] = None, **kwargs) -> None:
         dilations = kwargs.pop('dilations', None)  # IsotropicDiNAT's argument
         if kwargs:
@@ -106,10 +107,11 @@ class IsotropicNAT(HierarchicalBackbone):
 
         self.patch_embed = PatchEmbed(in_channels, self.embed_dims, self.patch_size, norm_cfg)
         dpr = torch.linspace(0, spec['drop_path_rate'], self.depth).tolist()
+        check_na_backend(na_backend)
         self.layers = nn.ModuleList([
             NATBlock(self.embed_dims, self.num_heads, self.kernel_size, dilation=self.dilations[j],
                      mlp_ratio=spec['mlp_ratio'], qkv_bias=qkv_bias, drop=drop_rate,
-                     attn_drop=attn_drop_rate, drop_path=dpr[j], norm_cfg=norm_cfg)
+                     attn_drop=attn_drop_rate, drop_path=dpr[j], norm_cfg=norm_cfg, na_backend=na_backend)
             for j in range(self.depth)
         ])
         self.add_output_norms(norm_cfg)

@@ -21,6 +21,7 @@ from torch import Tensor
 
 from ..converters.nat import official_to_backbone
 from ..layers import NeighborhoodAttention2d
+from ..ops.na import BACKENDS
 from .base import HierarchicalBackbone, checkpoint_blocks
 
 __all__ = ['NAT', 'DiNAT', 'NAT_ARCHS', 'DINAT_ARCHS', 'DINAT_DILATIONS']
@@ -118,12 +119,12 @@ class NATBlock(nn.Module):
     def __init__(self, embed_dims: int, num_heads: int, kernel_size: int, dilation: int = 1,
                  mlp_ratio: float = 3., qkv_bias: bool = True, drop: float = 0.,
                  attn_drop: float = 0., drop_path: float = 0., layer_scale: Optional[float] = None,
-                 norm_cfg: dict = dict(type='LN')) -> None:
+                 norm_cfg: dict = dict(type='LN'), na_backend: str = 'auto') -> None:
         super().__init__()
         self.norm1 = build_norm_layer(norm_cfg, embed_dims)[1]
         self.attn = NeighborhoodAttention2d(
             embed_dims, num_heads, kernel_size, dilation=dilation, qkv_bias=qkv_bias, rpb=True,
-            attn_drop=attn_drop, proj_drop=drop)
+            attn_drop=attn_drop, proj_drop=drop, backend=na_backend)
         self.drop_path = DropPath(drop_path) if drop_path > 0. else nn.Identity()
         self.norm2 = build_norm_layer(norm_cfg, embed_dims)[1]
         self.mlp = Mlp(embed_dims, int(embed_dims * mlp_ratio), drop=drop)
@@ -182,6 +183,13 @@ def build_levels(widths: Sequence[int], depths: Sequence[int], num_heads: Sequen
             with_cp=with_cp, **block_kwargs))
         start += depth
     return levels
+
+
+def check_na_backend(na_backend: str) -> str:
+    """The ``na_backend`` argument of the NA backbones: a ``backend`` of :func:`~localattn.ops.na.na2d`."""
+    if na_backend not in BACKENDS:
+        raise ValueError(f'na_backend must be one of {BACKENDS}, got {na_backend!r}')
+    return na_backend
 
 
 def release_init(model: nn.Module) -> None:
@@ -275,6 +283,9 @@ class NAT(PyramidNA):
             Frozen modules have ``requires_grad=False`` and stay in eval mode through ``train()``.
         norm_cfg: norm of every LayerNorm (``dict(type='LN')``; channels-last).
         with_cp: ``torch.utils.checkpoint`` each block (``use_reentrant=False``) to save memory.
+        na_backend: the NA backend of every block (``backend`` of :func:`~localattn.ops.na.na2d`):
+            ``'auto'`` (default; ``flex`` on CUDA), or e.g. ``'triton'`` for the fused CUDA kernels with
+            RPB (in a config: ``model.backbone.na_backend='triton'``).
         init_cfg: None (truncated-normal init), a dict or a list. ``dict(type='Pretrained',
             checkpoint=PATH)`` with a checkpoint in the official layout (``levels.*``, ``norm.*``,
             ``head.*``; wrapped in ``state_dict``/``model`` and/or prefixed ``module.``/``backbone.``)
@@ -309,7 +320,7 @@ class NAT(PyramidNA):
                  layer_scale: Optional[float] = None, qkv_bias: bool = True, drop_rate: float = 0.,
                  attn_drop_rate: float = 0., out_indices: Sequence[int] = (0, 1, 2, 3),
                  frozen_stages: int = -1, norm_cfg: dict = dict(type='LN'), with_cp: bool = False,
-                 init_cfg: Optional[dict] = None, **kwargs) -> None:
+                 na_backend: str = 'auto', init_cfg: Optional[dict] = None, **kwargs) -> None:
         dilations = kwargs.pop('dilations', None)  # DiNAT's argument, passed through by DiNAT
         if kwargs:
             raise TypeError(f'{type(self).__name__} got unexpected arguments {sorted(kwargs)}')
@@ -323,7 +334,7 @@ class NAT(PyramidNA):
             self.num_features, self.depths, self.num_heads, self.kernel_size, self.dilations,
             spec['drop_path_rate'], ConvDownsampler, norm_cfg, self.with_cp,
             mlp_ratio=spec['mlp_ratio'], qkv_bias=qkv_bias, drop=drop_rate,
-            attn_drop=attn_drop_rate, layer_scale=spec['layer_scale'])
+            attn_drop=attn_drop_rate, layer_scale=spec['layer_scale'], na_backend=check_na_backend(na_backend))
         self.add_output_norms(norm_cfg)
         self._logged_adapted = False
 
