@@ -141,6 +141,10 @@ def test_public_op_and_strided_inputs(worker):
     assert worker['public'] == 'ok', worker['public']
 
 
+def test_rpb_reads_stay_in_the_table(worker):
+    assert worker['rpb_bounds'] == 'ok', worker['rpb_bounds']
+
+
 def test_queries_without_keys_give_zeros_and_finite_grads(worker):
     assert worker['no_keys'] == 'ok', worker['no_keys']
 
@@ -163,6 +167,39 @@ def check_public_op_and_strided_inputs():
     x = torch.randn(1, 30, 2, 32)
     torch.testing.assert_close(na1d(x, x, x, 7, backend='triton'), na1d(x, x, x, 7, backend='reference'),
                                rtol=1e-5, atol=1e-5)
+
+
+def check_rpb_reads_stay_in_the_table():
+    """Every RPB read of the kernels lies inside the table: with the table embedded in NaN, outputs and
+    gradients stay finite and exact. Maps that are not multiples of the 8x8 tiles (queries outside the
+    map in edge tiles, whose clamped windows would otherwise index outside the table) and dilation."""
+    from localattn.ops.na.backends.reference import na_reference
+    real = tri._bias_table
+
+    def padded(rpb, device):
+        table = real(rpb, device)
+        if rpb is None:
+            return table
+        buf = torch.full((table.numel() + 2 * 4096,), float('nan'), device=device)
+        buf[4096:4096 + table.numel()] = table.flatten()
+        return buf[4096:4096 + table.numel()].view(table.shape)
+
+    tri._bias_table = padded
+    try:
+        torch.manual_seed(0)
+        for shape, ks, dil in (((12, 9), (3, 3), (1, 1)), ((10, 11), (5, 5), (2, 1)), ((20, 13), (7, 7), (1, 1))):
+            axes = tuple(AxisSpec(n, k, d) for n, k, d in zip(shape, ks, dil))
+            leaves = [torch.randn(2, *shape, 2, 16, requires_grad=True) for _ in range(3)]
+            leaves.append((0.5 * torch.randn(2, *(2 * k - 1 for k in ks))).requires_grad_())
+            out = tri.na_triton(*leaves[:3], axes, leaves[3], 0.25)
+            go = torch.randn_like(out)
+            got = [out, *torch.autograd.grad(out, leaves, go)]
+            ref = na_reference(*leaves[:3], axes, leaves[3], 0.25)
+            want = [ref, *torch.autograd.grad(ref, leaves, go)]
+            for a, b in zip(got, want):
+                torch.testing.assert_close(a, b, rtol=1e-5, atol=1e-5)
+    finally:
+        tri._bias_table = real
 
 
 def check_queries_without_keys():
@@ -263,6 +300,7 @@ def _worker_main() -> None:
             attempt(f'step{step_keys}/{i}', lambda: run_with_step_keys(case, step_keys))
     attempt('public', lambda: (check_public_op_and_strided_inputs(), 'ok')[1])
     attempt('no_keys', lambda: (check_queries_without_keys(), 'ok')[1])
+    attempt('rpb_bounds', lambda: (check_rpb_reads_stay_in_the_table(), 'ok')[1])
     print(json.dumps(results))
 
 

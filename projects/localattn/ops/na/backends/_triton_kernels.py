@@ -112,14 +112,17 @@ def _tile(pid, bh, heads, Ly, Lx, dy, dx, tiles_y, tiles_x, TH: tl.constexpr, TW
 def _query_tile(Q, q_base, sqy, sqx, gy, gx, dy, dx, qy, qx, q_ok, lgy, lgx, kyk, kxk,
                 D: tl.constexpr, BD: tl.constexpr):
     """A query tile's window starts, RPB index term, head-dim lanes, global coordinates, load mask and
-    queries ``[BQ, BD]``. Queries outside the map are computed like the last ones and never stored."""
+    queries ``[BQ, BD]``. Queries outside the map take the window and RPB index of the map's last row /
+    column (so every RPB index that passes the window test lies in the table); they are never stored."""
     d = tl.arange(0, BD)
     d_ok = d < D
     gq_y = gy + dy * qy
     gq_x = gx + dx * qx
     qmask = _lanes(q_ok, d_ok, D, BD, False)
     q = tl.load(Q + q_base + (gq_y * sqy + gq_x * sqx)[:, None] + d[None, :], mask=qmask, other=0.)
-    return (_window_start(qy, lgy, kyk), _window_start(qx, lgx, kxk), qy * (2 * kxk - 1) + qx,
+    cy = tl.minimum(qy, lgy - 1)
+    cx = tl.minimum(qx, lgx - 1)
+    return (_window_start(cy, lgy, kyk), _window_start(cx, lgx, kxk), cy * (2 * kxk - 1) + cx,
             d, d_ok, gq_y, gq_x, qmask, q)
 
 
@@ -349,8 +352,12 @@ def na2d_bwd_dkdv_kernel(Q, K, V, DO, LSE, DELTA, RPB, DK, DV,
             qr, qc, q_ok = _block(step, n_c, r_lo, c_lo, r_hi, c_hi, QRH, QW)
             yq = gy + dy * qr
             xq = gx + dx * qc
-            sy = _window_start(qr, lgy, kyk)
-            sx = _window_start(qc, lgx, kxk)
+            # queries outside the map: the window and RPB index of the last row / column (never counted:
+            # their lse is inf), so every RPB index that passes the window test lies in the table
+            cr = tl.minimum(qr, lgy - 1)
+            cc = tl.minimum(qc, lgx - 1)
+            sy = _window_start(cr, lgy, kyk)
+            sx = _window_start(cc, lgx, kxk)
             qmask = _lanes(q_ok, d_ok, D, BD, False)
             q = tl.load(Q + b * sqb + h * sqh + (yq * sqy + xq * sqx)[:, None] + d[None, :], mask=qmask, other=0.)
             do = tl.load(DO + b * sdb + h * sdh + (yq * sdy + xq * sdx)[:, None] + d[None, :], mask=qmask, other=0.)
@@ -361,7 +368,7 @@ def na2d_bwd_dkdv_kernel(Q, K, V, DO, LSE, DELTA, RPB, DK, DV,
             st = _dot(k, tl.trans(q), IEEE, UPCAST)
             dpt = _dot(v, tl.trans(do), IEEE, UPCAST)
             if HAS_RPB:
-                qbias = qr * rx_n + qc
+                qbias = cr * rx_n + cc
                 st = st * scale2 + tl.load(rpb_h + (kbias[:, None] - qbias[None, :]), mask=inwin, other=0.)
             else:
                 st = st * scale2

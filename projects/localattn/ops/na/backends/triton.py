@@ -193,6 +193,14 @@ def _launch_args(ay: AxisSpec, ax: AxisSpec, heads: int, tile_h: int, tile_w: in
     return sizes, ay.dilation * ax.dilation * tiles_y * tiles_x
 
 
+def _bias_table(rpb: Tensor | None, device) -> Tensor:
+    """The RPB table as the kernels read it: fp32, contiguous, multiplied by log2(e) (they add it to
+    base-2 logits); a 1-element placeholder without RPB."""
+    if rpb is None:
+        return torch.zeros(1, dtype=torch.float32, device=device)
+    return (rpb.detach().to(torch.float32) * LOG2E).contiguous()
+
+
 def _kernels():
     from . import _triton_kernels
     return _triton_kernels
@@ -207,9 +215,7 @@ class _NATriton(torch.autograd.Function):
         ay, ax, t = _geometry(axes, dim)
         out = torch.empty(q.shape, dtype=q.dtype, device=q.device)
         lse = torch.empty((b, heads, ay.length, ax.length), dtype=torch.float32, device=q.device)
-        # the kernels add RPB to base-2 logits: the table goes in multiplied by log2(e)
-        bias = ((rpb.detach().to(torch.float32) * LOG2E).contiguous() if rpb is not None
-                else torch.zeros(1, dtype=torch.float32, device=q.device))
+        bias = _bias_table(rpb, q.device)
         sizes, n_tiles = _launch_args(ay, ax, heads, t.tqh, t.tqw)
         ieee = q.dtype == torch.float32
         with torch.cuda.device(q.device) if q.is_cuda else contextlib.nullcontext():
