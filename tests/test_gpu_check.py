@@ -32,9 +32,10 @@ def test_quick_cpu_run_writes_a_complete_report(tmp_path):
     by_section = {}
     for r in rows:
         by_section.setdefault(r['section'], []).append(r)
-    # triton against the reference: outputs and all four gradients, fp32 and bf16
+    # triton against the reference: outputs and all four gradients, fp32 and bf16, 1-D to 3-D
     corr = by_section['correctness']
-    assert len(corr) == 4 and all(r['status'] == 'PASS' and 'drpb' in r['note'] for r in corr)
+    assert len(corr) == 5 and all(r['status'] == 'PASS' and 'drpb' in r['note'] for r in corr)
+    assert any(r['case'].startswith('3-D') for r in corr) and any(r['case'].startswith('1-D') for r in corr)
     assert all(float(r['value']) < 1e-5 for r in corr if 'float32' in r['metric'])
     # launch settings of the triton kernels: each candidate timed and checked against the current one
     tuning = by_section['triton_tuning']

@@ -72,8 +72,25 @@ def run_case(case: dict, dtype: torch.dtype, seed: int = 0) -> list[float]:
     return [((a.double() - b).abs().max() / b.abs().max().clamp_min(1e-30)).item() for a, b in zip(got, want)]
 
 
+def case_3d(shape, kernel, dilation=1, heads=1, dim=16, rpb=True, valid=None) -> dict:
+    def per_axis(x):
+        return tuple(x) if isinstance(x, tuple) else (x,) * len(shape)
+    return dict(shape=shape, kernel=per_axis(kernel), dilation=per_axis(dilation), heads=heads, dim=dim, rpb=rpb,
+                valid=valid)
+
+
 FP32_CASES = random_configs(20, seed=1)
 HALF_CASES = random_configs(4, seed=2)
+# 3-D calls (the interpreter runs every tile program one after another: small maps): odd and non-cubic
+# maps, even kernels, dilation on each axis, valid_size, no RPB, head dims 16 / 32 / 64
+CASES_3D = [
+    case_3d((5, 6, 7), (3, 3, 5), (1, 2, 1)),
+    case_3d((7, 5, 6), (3, 2, 3), (2, 1, 1), dim=32),
+    case_3d((6, 6, 5), 3, heads=2, valid=(5, 6, 4)),
+    case_3d((4, 9, 8), (4, 3, 3), rpb=False, dim=32),
+    case_3d((6, 4, 5), (5, 2, 3), (1, 2, 1), dim=64),
+    case_3d((3, 11, 10), (2, 5, 5), (1, 2, 2)),
+]
 # the other block sizes gpu_check's tuning section may pick: 2-D cases whose key blocks get several rows
 STEP_CASES = [c for c in FP32_CASES if len(c['shape']) == 2 and max(c['kernel']) <= 8][:3]
 OTHER_STEPS = (1, 64, 128)
@@ -130,6 +147,23 @@ def test_half_precision_equals_reference(worker, i, dtype):
     assert isinstance(errs, list) and max(errs) < 2e-2, errs
 
 
+@pytest.mark.parametrize('i', range(len(CASES_3D)), ids=[_case_id(c) for c in CASES_3D])
+def test_3d_fp32_equals_reference(worker, i):
+    errs = worker[f'3d/{i}']
+    assert isinstance(errs, list) and max(errs) < 1e-5, errs
+
+
+@pytest.mark.parametrize('dtype', ['float16', 'bfloat16'])
+def test_3d_half_precision_equals_reference(worker, dtype):
+    errs = worker[f'3d/{dtype}']
+    assert isinstance(errs, list) and max(errs) < 2e-2, errs
+
+
+def test_3d_configs_cover_depth():
+    assert any(c['dilation'][0] > 1 for c in CASES_3D) and any(c['kernel'][0] % 2 == 0 for c in CASES_3D)
+    assert any(c['valid'] is not None for c in CASES_3D) and any(len(set(c['shape'])) == 3 for c in CASES_3D)
+
+
 @pytest.mark.parametrize('step_keys', OTHER_STEPS)
 @pytest.mark.parametrize('i', range(len(STEP_CASES)), ids=[_case_id(c) for c in STEP_CASES])
 def test_other_block_sizes_equal_reference(worker, i, step_keys):
@@ -167,6 +201,19 @@ def check_public_op_and_strided_inputs():
     x = torch.randn(1, 30, 2, 32)
     torch.testing.assert_close(na1d(x, x, x, 7, backend='triton'), na1d(x, x, x, 7, backend='reference'),
                                rtol=1e-5, atol=1e-5)
+    # 3-D: slices of a fused qkv tensor, a permuted RPB table
+    from localattn.ops.na import na3d
+    qkv = torch.randn(1, 4, 6, 7, 3, 1, 16, requires_grad=True)
+    q, k, v = qkv.unbind(4)
+    rpb = torch.randn(1, 3, 5, 5, requires_grad=True)
+    kw = dict(kernel_size=(3, 3, 2), dilation=(1, 2, 1), rpb=rpb.permute(0, 2, 3, 1))
+    out = na3d(q, k, v, backend='triton', **kw)
+    ref = na3d(q, k, v, backend='reference', **kw)
+    torch.testing.assert_close(out, ref, rtol=1e-5, atol=1e-5)
+    g1 = torch.autograd.grad(out.square().sum(), [qkv, rpb])
+    g2 = torch.autograd.grad(ref.square().sum(), [qkv, rpb])
+    for a, b in zip(g1, g2):
+        torch.testing.assert_close(a, b, rtol=1e-5, atol=1e-5)
 
 
 def check_rpb_reads_stay_in_the_table():
@@ -187,10 +234,12 @@ def check_rpb_reads_stay_in_the_table():
     tri._bias_table = padded
     try:
         torch.manual_seed(0)
-        for shape, ks, dil in (((12, 9), (3, 3), (1, 1)), ((10, 11), (5, 5), (2, 1)), ((20, 13), (7, 7), (1, 1))):
+        for shape, ks, dil in (((12, 9), (3, 3), (1, 1)), ((10, 11), (5, 5), (2, 1)), ((20, 13), (7, 7), (1, 1)),
+                               ((3, 10, 9), (3, 3, 3), (1, 1, 1))):
             axes = tuple(AxisSpec(n, k, d) for n, k, d in zip(shape, ks, dil))
-            leaves = [torch.randn(2, *shape, 2, 16, requires_grad=True) for _ in range(3)]
-            leaves.append((0.5 * torch.randn(2, *(2 * k - 1 for k in ks))).requires_grad_())
+            b, heads = (2, 2) if len(shape) == 2 else (1, 1)
+            leaves = [torch.randn(b, *shape, heads, 16, requires_grad=True) for _ in range(3)]
+            leaves.append((0.5 * torch.randn(heads, *(2 * k - 1 for k in ks))).requires_grad_())
             out = tri.na_triton(*leaves[:3], axes, leaves[3], 0.25)
             go = torch.randn_like(out)
             got = [out, *torch.autograd.grad(out, leaves, go)]
@@ -215,6 +264,15 @@ def check_queries_without_keys():
     grads = torch.autograd.grad(out.sum(), [q, k, v])
     assert all(torch.isfinite(g).all() for g in grads)
     assert grads[1][:, 2:].abs().max() == 0  # keys past valid_size get no gradient
+    # 3-D: valid_size on the depth axis leaves whole depths without keys
+    axes = (AxisSpec(6, 3, valid=2), AxisSpec(4, 3), AxisSpec(5, 3, valid=4))
+    q, k, v = (torch.randn(1, 6, 4, 5, 1, 16, requires_grad=True) for _ in range(3))
+    out = tri.na_triton(q, k, v, axes, None, 0.25)
+    torch.testing.assert_close(out, na_reference(q, k, v, axes, None, 0.25), rtol=1e-5, atol=1e-6)
+    assert out[:, 3:].abs().max() == 0 and out[:, :3].abs().max() > 0  # depths 3..: no valid key depth
+    grads = torch.autograd.grad(out.sum(), [q, k, v])
+    assert all(torch.isfinite(g).all() for g in grads)
+    assert grads[1][:, 2:].abs().max() == 0 and grads[1][..., 4:, :, :].abs().max() == 0
 
 
 def test_supports_and_errors():
@@ -222,11 +280,19 @@ def test_supports_and_errors():
     assert tri.supports(axes) is None
     assert 'stride' in tri.supports((AxisSpec(9, 3, stride=2), AxisSpec(9, 3)))
     assert 'causal' in tri.supports((AxisSpec(9, 3, causal=True),))
-    assert '3-D' in tri.supports(axes + (AxisSpec(9, 3),))
+    assert tri.supports(axes + (AxisSpec(9, 3),)) is None
+    assert '4-D' in tri.supports(axes + axes)
     assert 'dropout' in tri.supports(axes, dropout_p=0.1)
     x = torch.randn(1, 9, 9, 1, 16)
     with pytest.raises(ValueError, match='stride'):
         tri.na_triton(x, x, x, (AxisSpec(9, 3, stride=2), AxisSpec(9, 3)), None, 1.0)
+    # CUDA's grid limits on heads and batch: refused before any launch (expanded views, no memory)
+    big = torch.randn(1, 9, 1, 16).expand(65536, 9, 1, 16)
+    with pytest.raises(ValueError, match='batch size 65536'):
+        tri.na_triton(big, big, big, (AxisSpec(9, 3),), None, 1.0)
+    many = torch.randn(1, 9, 1, 16).expand(1, 9, 70000, 16)
+    with pytest.raises(ValueError, match='heads 70000'):
+        tri.na_triton(many, many, many, (AxisSpec(9, 3),), None, 1.0)
 
 
 @pytest.mark.parametrize('shape, dilation', [((56, 56), 1), ((200, 336), 1), ((200, 336), 28)])
@@ -253,6 +319,9 @@ def test_computed_pairs_counts_the_kernel_loops():
                 cols = sx[-1] + 3 - sx[0]
                 total += t.tqh * t.tqw * t.krh * -(-rows // t.krh) * t.kw * -(-cols // t.kw)
     assert tri.computed_pairs(axes) == total
+    # 3-D: every query tile is one depth and walks the kz key depths of its depth window
+    depth = AxisSpec(9, 3, 2)
+    assert tri.computed_pairs((depth,) + axes) == 9 * 3 * total
 
 
 def test_tiling_blocks():
@@ -295,6 +364,10 @@ def _worker_main() -> None:
     for i, case in enumerate(HALF_CASES):
         for dtype in (torch.float16, torch.bfloat16):
             attempt(f'{str(dtype)[6:]}/{i}', lambda: run_case(case, dtype))
+    for i, case in enumerate(CASES_3D):
+        attempt(f'3d/{i}', lambda: run_case(case, torch.float32))
+    for dtype in (torch.float16, torch.bfloat16):
+        attempt(f'3d/{str(dtype)[6:]}', lambda: run_case(CASES_3D[0], dtype))
     for step_keys in OTHER_STEPS:
         for i, case in enumerate(STEP_CASES):
             attempt(f'step{step_keys}/{i}', lambda: run_with_step_keys(case, step_keys))
@@ -309,8 +382,9 @@ if __name__ == '__main__':
     _worker_main()
 
 
-@pytest.mark.parametrize('dtype, one_d', [('bf16', False), ('fp32', False), ('fp16', True)])
-def test_kernels_compile_for_hopper(dtype, one_d):
+@pytest.mark.parametrize('dtype, one_d, depth', [('bf16', False, False), ('fp32', False, False), ('fp16', True, False),
+                                                 ('bf16', False, True)])
+def test_kernels_compile_for_hopper(dtype, one_d, depth):
     """Triton's front end (source -> TTIR) accepts every kernel for sm90, on a machine without a GPU.
 
     The interpreter runs Python semantics and lets through what the compiler rejects (e.g. a plain
@@ -327,12 +401,12 @@ def test_kernels_compile_for_hopper(dtype, one_d):
     t = tri.tiling(1 if one_d else 7, 7)
     pointers = dict({n: f'*{dtype}' for n in ('Q', 'K', 'V', 'Out', 'DO', 'DQ', 'DK', 'DV')},
                     LSE='*fp32', DELTA='*fp32', RPB='*fp32', DRPB='*fp32')
-    consts = dict(D=32, BD=32, HAS_RPB=True, IEEE=dtype == 'fp32', UPCAST=False,
+    consts = dict(D=32, BD=32, HAS_RPB=True, IEEE=dtype == 'fp32', UPCAST=False, DEPTH=depth,
                   **{name.upper(): value for name, value in t._asdict().items()})
     target = GPUTarget('cuda', 90, 32)
     backend = make_backend(target)
     options = backend.parse_options({})
-    for fn in (kernels.na2d_fwd_kernel, kernels.na2d_bwd_dq_kernel, kernels.na2d_bwd_dkdv_kernel):
+    for fn in (kernels.na_fwd_kernel, kernels.na_bwd_dq_kernel, kernels.na_bwd_dkdv_kernel):
         sig, constexprs = {}, {}
         for i, p in enumerate(fn.params):
             if p.is_constexpr:

@@ -42,6 +42,20 @@ def test_default_tuning_does_not_spill(tool, tmp_path, capsys):
     assert 'Tunings without spills in any kernel and head dim: ' in md and 'none.' not in md
 
 
+def test_3d_variant_does_not_spill_and_costs_about_the_same(tool):
+    """3-D calls compile the kernels with a loop over depths (``DEPTH``): no spills at head dim 32, and
+    the query-key loop stays within 5% of the 2-D variant's instructions per step."""
+    from localattn.ops.na.backends import triton as tri
+    default = [dict(tri.tuning_for(32))]
+    flat, deep = (tool.measure(default, [32], 'bf16', 7, 90, depth=d) for d in (False, True))
+    assert [r['ndim'] for r in deep] == [3] * 3 and [r['ndim'] for r in flat] == [2] * 3
+    for a, b in zip(flat, deep):
+        assert b['spill_stores'] == b['spill_loads'] == 0, b
+        assert a['loop_instructions'] <= 1.05 * b['loop_instructions'] and b['loop_instructions'] <= 1.05 * a[
+            'loop_instructions'], (a, b)
+    assert '(3-D)' in tool.markdown(deep, 'cmd', 90)
+
+
 def test_four_warps_cost_fewer_instructions_per_pair_than_eight(tool):
     """What the head-dim-32 default rests on: the same blocks with 4 warps issue fewer instructions per
     computed pair than with 8 (the per-thread index work is shared by more elements)."""

@@ -146,11 +146,14 @@ CASES = [  # (name, spatial shape, kernel, dilation, heads, head dim, valid_size
     ('31x33 k11', (31, 33), 11, 1, 2, 32, None, ('float32', 'bfloat16')),
     ('16x18 k4 (even) d2', (16, 18), 4, 2, 1, 32, None, ('float32',)),
     ('1-D 101 k9 d2', (101,), 9, 2, 2, 32, None, ('float32', 'bfloat16', 'float16')),
+    ('3-D 8x14x15 k3x7x7 d1x2x1', (8, 14, 15), (3, 7, 7), (1, 2, 1), 2, 32, None, ('float32', 'bfloat16')),
+    ('3-D 9x10x11 k4x5x3 d2x1x3 valid', (9, 10, 11), (4, 5, 3), (2, 1, 3), 1, 64, (8, 10, 9), ('float32',)),
 ]
 QUICK_CASES = [
     ('10x11 k5 d2x1', (10, 11), 5, (2, 1), 2, 16, None, ('float32', 'bfloat16')),
     ('10x8 k4 valid 9x7', (10, 8), 4, 1, 1, 32, (9, 7), ('float32',)),
     ('1-D 21 k7 d2', (21,), 7, 2, 1, 16, None, ('float32',)),
+    ('3-D 5x6x7 k3 d1x2x1', (5, 6, 7), 3, (1, 2, 1), 1, 16, None, ('float32',)),
 ]
 TOL = {'float32': 1e-4, 'bfloat16': 2e-2, 'float16': 2e-2}
 
@@ -265,9 +268,11 @@ def section_train_steps(rep, torch, device, quick, deadline, backend):
 
 
 def na_kernel_time(torch, step) -> tuple[float, float] | None:
-    """GPU time of the triton backend's NA kernels (names containing ``na2d_``) in one call of ``step``,
+    """GPU time of the triton backend's NA kernels (``triton.KERNELS``) in one call of ``step``,
     and of all kernels, in ms, from ``torch.profiler``; ``None`` when the profiler gives no CUDA events."""
     from torch.profiler import ProfilerActivity, profile
+
+    from localattn.ops.na.backends.triton import KERNELS
     try:
         with profile(activities=[ProfilerActivity.CUDA]) as prof:
             step()
@@ -278,7 +283,7 @@ def na_kernel_time(torch, step) -> tuple[float, float] | None:
             if t is None:
                 t = getattr(evt, 'self_cuda_time_total', 0.0)
             total += t
-            if 'na2d_' in evt.key:
+            if any(name in evt.key for name in KERNELS):
                 na += t
     except Exception:  # noqa: BLE001 - profiling is an extra; the timing rows stand without it
         return None

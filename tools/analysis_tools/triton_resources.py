@@ -39,12 +39,13 @@ try:
 except ImportError:  # running from a source checkout that was not pip-installed
     sys.path.insert(0, osp.join(osp.dirname(osp.dirname(osp.dirname(osp.abspath(__file__)))), 'projects'))
 
+from localattn.ops.na.backends.triton import KERNELS  # noqa: E402
+
 #: per-SM limits of sm90 (H100 / H200): registers, warps, shared memory, blocks
 SM90 = dict(regs=65536, warps=64, shared=227 * 1024, blocks=32)
-KERNELS = ('na2d_fwd_kernel', 'na2d_bwd_dq_kernel', 'na2d_bwd_dkdv_kernel')
-FIELDS = ('kernel', 'tuning', 'step_keys', 'warps', 'stages', 'maxnreg', 'dim', 'dtype', 'kernel_size', 'registers',
-          'spill_stores', 'spill_loads', 'shared_bytes', 'warps_per_sm', 'loop_instructions', 'pairs_per_step',
-          'instructions_per_pair', 'compile_s')
+FIELDS = ('kernel', 'ndim', 'tuning', 'step_keys', 'warps', 'stages', 'maxnreg', 'dim', 'dtype', 'kernel_size',
+          'registers', 'spill_stores', 'spill_loads', 'shared_bytes', 'warps_per_sm', 'loop_instructions',
+          'pairs_per_step', 'instructions_per_pair', 'compile_s')
 #: the grid compared by default (and by gpu_check.py's triton_tuning section)
 CANDIDATES = ('1:4:3', '1:4:2', '32:4:2', '32:4:3', '64:4:3', '32:8:2', '64:8:2')
 POINTERS = {'Q', 'K', 'V', 'Out', 'DO', 'DQ', 'DK', 'DV'}
@@ -84,6 +85,8 @@ def parse_args(argv=None) -> argparse.Namespace:
     p.add_argument('--arch', type=int, default=90, help='CUDA compute capability x10 (default 90)')
     p.add_argument('--out', help='directory for triton_resources.md and .csv')
     p.add_argument('--quick', action='store_true', help='--defaults at head dim 32 only')
+    p.add_argument('--3d', dest='three_d', action='store_true',
+                   help='the kernels as 3-D calls compile them (a loop over depths; default: 1-D / 2-D calls)')
     return p.parse_args(argv)
 
 
@@ -106,15 +109,16 @@ def signature(fn, dtype: str, consts: dict) -> tuple[dict, dict, dict]:
             sig[p.name] = '*fp32'
         else:
             sig[p.name] = 'fp32' if p.name.startswith('scale') else 'i32'
-        if sig[p.name].startswith('*') or re.fullmatch(r's[qkvod][bhyx]', p.name):
+        if sig[p.name].startswith('*') or re.fullmatch(r's[qkvod][bhzyx]', p.name):
             attrs[(i,)] = [['tt.divisibility', 16]]
     return sig, constexprs, attrs
 
 
-def kernel_constants(t, dim: int, dtype: str) -> dict:
-    """The compile-time arguments the backend passes for tiling ``t`` and head dim ``dim``."""
+def kernel_constants(t, dim: int, dtype: str, depth: bool = False) -> dict:
+    """The compile-time arguments the backend passes for tiling ``t`` and head dim ``dim`` (``depth``: a
+    3-D call)."""
     from localattn.ops.na.backends.triton import _pow2
-    return dict(D=dim, BD=max(16, _pow2(dim)), HAS_RPB=True, IEEE=dtype == 'fp32', UPCAST=False,
+    return dict(D=dim, BD=max(16, _pow2(dim)), HAS_RPB=True, IEEE=dtype == 'fp32', UPCAST=False, DEPTH=depth,
                 **{name.upper(): value for name, value in t._asdict().items()})
 
 
@@ -144,10 +148,11 @@ def ptxas_report(ptx: str, arch: int) -> dict:
 
 
 def loop_instructions(ptx: str) -> int:
-    """PTX instructions of the longest loop body (label ... branch back to it): per thread and step."""
+    """PTX instructions of the longest innermost loop body (label ... branch back to it, holding no
+    other such loop): per thread and step of the kernel's query-key loop (the 3-D kernels nest it in a
+    loop over depths)."""
     lines = [line.strip() for line in ptx.splitlines()]
-    labels = {}
-    longest = 0
+    labels, loops = {}, []
     for i, line in enumerate(lines):
         m = re.match(r'^(\$L__BB\d+_\d+):', line)
         if m:
@@ -155,14 +160,19 @@ def loop_instructions(ptx: str) -> int:
             continue
         m = re.search(r'\bbra(?:\.uni)?\s+(\$L__BB\d+_\d+);', line)
         if m and labels.get(m.group(1), i) < i:
-            body = lines[labels[m.group(1)] + 1:i + 1]
-            longest = max(longest, sum(1 for x in body if x.endswith(';') and not x.startswith(('//', '.'))))
+            loops.append((labels[m.group(1)], i))
+    longest = 0
+    for lo, hi in loops:
+        if any(lo <= a and b <= hi and (a, b) != (lo, hi) for a, b in loops):
+            continue  # holds an inner loop
+        body = lines[lo + 1:hi + 1]
+        longest = max(longest, sum(1 for x in body if x.endswith(';') and not x.startswith(('//', '.'))))
     return longest
 
 
 def pairs_per_step(name: str, t) -> int:
     """Query-key pairs one step of the kernel's loop computes (the tile times the block)."""
-    if name == 'na2d_bwd_dkdv_kernel':
+    if name == 'na_bwd_dkdv_kernel':
         return t.tkh * t.tkw * t.qrh * t.qw
     return t.tqh * t.tqw * t.krh * t.kw
 
@@ -175,8 +185,9 @@ def warps_per_sm(registers: int, warps: int, shared: int) -> int:
     return blocks * warps
 
 
-def compile_kernel(name: str, t, dim: int, dtype: str = 'bf16', arch: int = 90):
-    """Compile one kernel for ``sm_<arch>`` with tiling ``t``; returns Triton's compiled kernel."""
+def compile_kernel(name: str, t, dim: int, dtype: str = 'bf16', arch: int = 90, depth: bool = False):
+    """Compile one kernel for ``sm_<arch>`` with tiling ``t`` (``depth``: its 3-D variant); returns
+    Triton's compiled kernel."""
     import triton
     from triton.backends.compiler import GPUTarget
     from triton.compiler import ASTSource
@@ -184,13 +195,13 @@ def compile_kernel(name: str, t, dim: int, dtype: str = 'bf16', arch: int = 90):
     from localattn.ops.na.backends import _triton_kernels
     from localattn.ops.na.backends.triton import launch_options
     fn = getattr(_triton_kernels, name)
-    sig, constexprs, attrs = signature(fn, dtype, kernel_constants(t, dim, dtype))
+    sig, constexprs, attrs = signature(fn, dtype, kernel_constants(t, dim, dtype, depth))
     return triton.compile(ASTSource(fn=fn, signature=sig, constexprs=constexprs, attrs=attrs),
                           target=GPUTarget('cuda', arch, 32),
                           options=launch_options(t))
 
 
-def measure(tunings, dims, dtype: str, ksize: int, arch: int) -> list[dict]:
+def measure(tunings, dims, dtype: str, ksize: int, arch: int, depth: bool = False) -> list[dict]:
     from localattn.ops.na.backends import triton as tri
     rows = []
     for chosen in tunings:  # None: the backend's default for each head dim
@@ -200,12 +211,12 @@ def measure(tunings, dims, dtype: str, ksize: int, arch: int) -> list[dict]:
             t = tri.tiling(ksize, ksize, dim, **settings)
             for name in KERNELS:
                 t0 = time.perf_counter()
-                compiled = compile_kernel(name, t, dim, dtype, arch)
+                compiled = compile_kernel(name, t, dim, dtype, arch, depth)
                 rep = ptxas_report(compiled.asm['ptx'], arch)
                 shared = int(compiled.metadata.shared)
                 loop = loop_instructions(compiled.asm['ptx'])
                 pairs = pairs_per_step(name, t)
-                rows.append(dict(kernel=name, tuning=label, **settings, dim=dim, dtype=dtype,
+                rows.append(dict(kernel=name, ndim=3 if depth else 2, tuning=label, **settings, dim=dim, dtype=dtype,
                                  kernel_size=ksize, shared_bytes=shared,
                                  warps_per_sm=warps_per_sm(rep['registers'], t.warps, shared),
                                  loop_instructions=loop, pairs_per_step=pairs,
@@ -223,7 +234,8 @@ def markdown(rows: list[dict], command: str, arch: int) -> str:
              '|---|---|---|---|---|---|---|---|---|---|']
     for r in rows:
         spill = f"{r['spill_stores']}/{r['spill_loads']}"
-        lines.append(f"| {r['tuning']} | {r['dim']} | {r['kernel']} | {r['registers']} "
+        kernel = r['kernel'] + (' (3-D)' if r['ndim'] == 3 else '')
+        lines.append(f"| {r['tuning']} | {r['dim']} | {kernel} | {r['registers']} "
                      f"| {'**' + spill + '**' if r['spill_stores'] or r['spill_loads'] else spill} "
                      f"| {r['shared_bytes']} | {r['warps_per_sm']} | {r['loop_instructions']} | {r['pairs_per_step']} "
                      f"| {r['instructions_per_pair']} |")
@@ -252,7 +264,7 @@ def main(argv=None) -> int:
     else:
         tunings = args.tunings or [parse_tuning(t) for t in CANDIDATES]
         dims = args.dims
-    rows = measure(tunings, dims, args.dtype, args.kernel_size, args.arch)
+    rows = measure(tunings, dims, args.dtype, args.kernel_size, args.arch, args.three_d)
     command = 'python tools/analysis_tools/triton_resources.py ' + ' '.join(sys.argv[1:] if argv is None else argv)
     text = markdown(rows, command.strip(), args.arch)
     print(text)

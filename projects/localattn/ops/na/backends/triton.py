@@ -1,4 +1,4 @@
-"""Triton backend: fused neighbourhood attention with RPB, forward and backward, 1-D and 2-D, on CUDA.
+"""Triton backend: fused neighbourhood attention with RPB, forward and backward, 1-D to 3-D, on CUDA.
 
 One pass per direction, nothing of size ``tokens x k^2`` ever stored: the forward keeps an online
 softmax over the exact window (statistics ``lse`` saved, fp32), the backward recomputes the
@@ -29,6 +29,8 @@ from torch import Tensor
 from ..indexing import AxisSpec
 
 LOG2E = 1.4426950408889634  # log2(e): the kernels work in base 2
+#: names of the kernels (in :mod:`._triton_kernels`): forward, dq + d(rpb), dk + dv
+KERNELS = ('na_fwd_kernel', 'na_bwd_dq_kernel', 'na_bwd_dkdv_kernel')
 
 
 def _interpreting() -> bool:
@@ -49,8 +51,8 @@ def available() -> bool:
 
 def supports(axes: tuple[AxisSpec, ...], dropout_p: float = 0.0) -> str | None:
     """``None`` when the kernels cover this call, else the reason they do not."""
-    if len(axes) not in (1, 2):
-        return f'{len(axes)}-D NA (1-D and 2-D only)'
+    if len(axes) not in (1, 2, 3):
+        return f'{len(axes)}-D NA (1-D, 2-D and 3-D only)'
     if any(ax.stride != 1 for ax in axes):
         return 'stride > 1'
     if any(ax.causal for ax in axes):
@@ -137,18 +139,21 @@ def launch_options(t: Tiling) -> dict:
     return opts
 
 
-def _as_2d(axes: tuple[AxisSpec, ...]) -> tuple[AxisSpec, AxisSpec]:
-    return (AxisSpec(1, 1), axes[0]) if len(axes) == 1 else (axes[0], axes[1])
+def _as_3d(axes: tuple[AxisSpec, ...]) -> tuple[AxisSpec, AxisSpec, AxisSpec]:
+    """The call's axes as ``(depth, rows, columns)``: 1-D and 2-D calls get unit leading axes."""
+    unit = AxisSpec(1, 1)
+    return (unit,) * (3 - len(axes)) + tuple(axes)
 
 
 def computed_pairs(axes: tuple[AxisSpec, ...], dim: int = 32) -> int:
     """Query-key pairs the forward kernel computes (masked ones included), per batch and head.
 
     Counts, for every query tile of every dilation group, ``tile size x KW x`` (box rows, rounded up
-    to blocks of ``KRH``) ``x`` (column steps): what :func:`na_triton`'s forward (and its dq kernel)
-    evaluates. Compare with ``prod(lengths) * prod(kernels)``, the pairs NA needs.
+    to blocks of ``KRH``) ``x`` (column steps) ``x kz`` (a tile is one depth; its depth window has
+    ``kz`` key depths): what :func:`na_triton`'s forward (and its dq kernel) evaluates. Compare with
+    ``prod(lengths) * prod(kernels)``, the pairs NA needs.
     """
-    ay, ax = _as_2d(axes)
+    az, ay, ax = _as_3d(axes)
     t = tiling(ay.kernel, ax.kernel, dim)
 
     def spans(spec: AxisSpec, tile: int) -> list[int]:
@@ -166,31 +171,40 @@ def computed_pairs(axes: tuple[AxisSpec, ...], dim: int = 32) -> int:
 
     rows = sum(t.krh * -(-r // t.krh) for r in spans(ay, t.tqh))
     col_steps = sum(-(-c // t.kw) for c in spans(ax, t.tqw))
-    return t.tqh * t.tqw * t.kw * rows * col_steps
+    return az.length * az.kernel * t.tqh * t.tqw * t.kw * rows * col_steps
 
 
 def _geometry(axes, dim: int):
-    ay, ax = _as_2d(axes)
-    tl_ = tiling(ay.kernel, ax.kernel, dim)
-    return ay, ax, tl_
+    az, ay, ax = _as_3d(axes)
+    return az, ay, ax, tiling(ay.kernel, ax.kernel, dim)
 
 
-def _strides(x: Tensor) -> tuple[int, int, int, int]:
-    return x.stride(0), x.stride(1), x.stride(2), x.stride(3)
+def _strides(x: Tensor) -> tuple[int, ...]:
+    """Strides of batch, depth, rows, columns, heads of a ``[B, Z, Y, X, heads, D]`` tensor."""
+    return tuple(x.stride(i) for i in range(5))
 
 
-def _view_2d(x: Tensor, one_d: bool) -> Tensor:
-    """``[B, L, h, D]`` -> ``[B, 1, L, h, D]`` (a view); 2-D tensors unchanged. Last dim made contiguous."""
-    x = x.unsqueeze(1) if one_d else x
+def _view_3d(x: Tensor, n: int) -> Tensor:
+    """``[B, *spatial, h, D]`` with ``n`` spatial axes -> ``[B, Z, Y, X, h, D]`` (a view: unit axes in
+    front). Last dim made contiguous."""
+    for _ in range(3 - n):
+        x = x.unsqueeze(1)
     return x if x.stride(-1) == 1 else x.contiguous()
 
 
-def _launch_args(ay: AxisSpec, ax: AxisSpec, heads: int, tile_h: int, tile_w: int) -> tuple[tuple, int]:
-    lgy, lgx = -(-ay.length // ay.dilation), -(-ax.length // ax.dilation)
+#: CUDA's limit on the second and third grid dimensions (heads, batch)
+_GRID_YZ = 65535
+
+
+def _launch_args(az: AxisSpec, ay: AxisSpec, ax: AxisSpec, heads: int, tile_h: int,
+                 tile_w: int) -> tuple[tuple, int]:
+    """Run-time size arguments of the kernels and the number of tile programs (grid dim 0)."""
+    lgz, lgy, lgx = (-(-a.length // a.dilation) for a in (az, ay, ax))
     tiles_y, tiles_x = -(-lgy // tile_h), -(-lgx // tile_w)
-    sizes = (heads, ay.length, ax.length, ay.kernel, ax.kernel, ay.dilation, ax.dilation,
-             ay.valid_length, ax.valid_length, tiles_y, tiles_x)
-    return sizes, ay.dilation * ax.dilation * tiles_y * tiles_x
+    sizes = (heads, az.length, ay.length, ax.length, az.kernel, ay.kernel, ax.kernel,
+             az.dilation, ay.dilation, ax.dilation, az.valid_length, ay.valid_length, ax.valid_length,
+             lgz, tiles_y, tiles_x)
+    return sizes, az.dilation * ay.dilation * ax.dilation * lgz * tiles_y * tiles_x
 
 
 def _bias_table(rpb: Tensor | None, device) -> Tensor:
@@ -206,63 +220,72 @@ def _kernels():
     return _triton_kernels
 
 
+def _unview(x: Tensor, n: int) -> Tensor:
+    """Inverse of :func:`_view_3d` for the kernels' contiguous outputs."""
+    return x.reshape(x.shape[:1] + x.shape[4 - n:])
+
+
+def _device(x: Tensor):
+    return torch.cuda.device(x.device) if x.is_cuda else contextlib.nullcontext()
+
+
 class _NATriton(torch.autograd.Function):
     @staticmethod
     def forward(ctx, query, key, value, rpb, axes, scale):
-        one_d = len(axes) == 1
-        q, k, v = (_view_2d(x, one_d) for x in (query, key, value))
+        n = len(axes)
+        q, k, v = (_view_3d(x, n) for x in (query, key, value))
         b, heads, dim = q.shape[0], q.shape[-2], q.shape[-1]
-        ay, ax, t = _geometry(axes, dim)
+        az, ay, ax, t = _geometry(axes, dim)
         out = torch.empty(q.shape, dtype=q.dtype, device=q.device)
-        lse = torch.empty((b, heads, ay.length, ax.length), dtype=torch.float32, device=q.device)
+        lse = torch.empty((b, heads, az.length, ay.length, ax.length), dtype=torch.float32, device=q.device)
         bias = _bias_table(rpb, q.device)
-        sizes, n_tiles = _launch_args(ay, ax, heads, t.tqh, t.tqw)
-        ieee = q.dtype == torch.float32
-        with torch.cuda.device(q.device) if q.is_cuda else contextlib.nullcontext():
-            _kernels().na2d_fwd_kernel[(n_tiles, b * heads)](
+        sizes, n_tiles = _launch_args(az, ay, ax, heads, t.tqh, t.tqw)
+        with _device(q):
+            _kernels().na_fwd_kernel[(n_tiles, heads, b)](
                 q, k, v, out, lse, bias, *_strides(q), *_strides(k), *_strides(v), *_strides(out),
                 *sizes, scale * LOG2E,
                 D=dim, BD=max(16, _pow2(dim)), TQH=t.tqh, TQW=t.tqw, KRH=t.krh, KW=t.kw,
-                HAS_RPB=rpb is not None, IEEE=ieee, UPCAST=_interpreting(), **launch_options(t))
+                HAS_RPB=rpb is not None, IEEE=q.dtype == torch.float32, UPCAST=_interpreting(), DEPTH=n == 3,
+                **launch_options(t))
         ctx.save_for_backward(q, k, v, bias, out, lse)
-        ctx.axes, ctx.scale, ctx.has_rpb, ctx.one_d = axes, scale, rpb is not None, one_d
+        ctx.axes, ctx.scale, ctx.has_rpb = axes, scale, rpb is not None
         ctx.rpb_dtype = rpb.dtype if rpb is not None else None
-        return out.squeeze(1) if one_d else out
+        return _unview(out, n)
 
     @staticmethod
     def backward(ctx, grad_out):
         q, k, v, bias, out, lse = ctx.saved_tensors
+        n = len(ctx.axes)
         b, heads, dim = q.shape[0], q.shape[-2], q.shape[-1]
-        ay, ax, t = _geometry(ctx.axes, dim)
-        do = _view_2d(grad_out, ctx.one_d)
+        az, ay, ax, t = _geometry(ctx.axes, dim)
+        do = _view_3d(grad_out, n)
         if do.dtype != q.dtype:
             do = do.to(q.dtype)
         delta = torch.empty_like(lse)  # rowsum(dO * O), written by the dq kernel for the dk/dv kernel
         dq = torch.empty(q.shape, dtype=q.dtype, device=q.device)
         dk = torch.empty(q.shape, dtype=q.dtype, device=q.device)
         dv = torch.empty(q.shape, dtype=q.dtype, device=q.device)
-        sizes_q, tiles_q = _launch_args(ay, ax, heads, t.tqh, t.tqw)
-        sizes_k, tiles_k = _launch_args(ay, ax, heads, t.tkh, t.tkw)
-        ry, rx = 2 * ay.kernel - 1, 2 * ax.kernel - 1
-        part = torch.zeros((tiles_q, b * heads, ry, rx) if ctx.has_rpb else (1,),
-                           dtype=torch.float32, device=q.device)
+        sizes_q, tiles_q = _launch_args(az, ay, ax, heads, t.tqh, t.tqw)
+        sizes_k, tiles_k = _launch_args(az, ay, ax, heads, t.tkh, t.tkw)
+        rel = (2 * az.kernel - 1, 2 * ay.kernel - 1, 2 * ax.kernel - 1)
+        # one RPB-gradient slot per forward-tiling program: zeros where a program writes nothing
+        part = torch.zeros((tiles_q, b, heads, *rel) if ctx.has_rpb else (1,), dtype=torch.float32,
+                           device=q.device)
         common = dict(D=dim, BD=max(16, _pow2(dim)), HAS_RPB=ctx.has_rpb, IEEE=q.dtype == torch.float32,
-                      UPCAST=_interpreting(), **launch_options(t))
+                      UPCAST=_interpreting(), DEPTH=n == 3, **launch_options(t))
         strides = (*_strides(q), *_strides(k), *_strides(v), *_strides(do))
         kern = _kernels()
-        with torch.cuda.device(q.device) if q.is_cuda else contextlib.nullcontext():
-            kern.na2d_bwd_dq_kernel[(tiles_q, b * heads)](
+        with _device(q):
+            kern.na_bwd_dq_kernel[(tiles_q, heads, b)](
                 q, k, v, out, do, lse, delta, bias, dq, part, *strides, *sizes_q,
                 ctx.scale * LOG2E, ctx.scale, TQH=t.tqh, TQW=t.tqw, KRH=t.krh, KW=t.kw, RPY=t.rpy, **common)
-            kern.na2d_bwd_dkdv_kernel[(tiles_k, b * heads)](
+            kern.na_bwd_dkdv_kernel[(tiles_k, heads, b)](
                 q, k, v, do, lse, delta, bias, dk, dv, *strides, *sizes_k,
                 ctx.scale * LOG2E, ctx.scale, TKH=t.tkh, TKW=t.tkw, QRH=t.qrh, QW=t.qw, **common)
         drpb = None
         if ctx.has_rpb:
-            drpb = part.view(tiles_q, b, heads, ry, rx).sum((0, 1)).to(ctx.rpb_dtype)
-        if ctx.one_d:
-            dq, dk, dv = (x.squeeze(1) for x in (dq, dk, dv))
-        return dq, dk, dv, drpb, None, None
+            drpb = part.sum((0, 1)).to(ctx.rpb_dtype)  # [heads, rz, ry, rx], as the table passed in
+        return _unview(dq, n), _unview(dk, n), _unview(dv, n), drpb, None, None
 
 
 def na_triton(query: Tensor, key: Tensor, value: Tensor, axes: tuple[AxisSpec, ...],
@@ -270,10 +293,11 @@ def na_triton(query: Tensor, key: Tensor, value: Tensor, axes: tuple[AxisSpec, .
     """Neighbourhood attention with the fused Triton kernels.
 
     Args:
-        query, key, value: ``[B, L, heads, D]`` or ``[B, H, W, heads, D]`` on CUDA (CPU tensors under
-            ``TRITON_INTERPRET=1``); fp16, bf16 or fp32; any strides with a contiguous last dim.
+        query, key, value: ``[B, L, heads, D]``, ``[B, H, W, heads, D]`` or ``[B, T, H, W, heads, D]``
+            on CUDA (CPU tensors under ``TRITON_INTERPRET=1``); fp16, bf16 or fp32; any strides with a
+            contiguous last dim; batch size and heads at most 65535 (CUDA grid limits).
         axes: one :class:`AxisSpec` per spatial axis (stride 1, non-causal; ``valid`` allowed).
-        rpb: ``[heads, 2k - 1]`` / ``[heads, 2k_H - 1, 2k_W - 1]`` or ``None``; gets its gradient.
+        rpb: ``[heads, *(2k - 1 per axis)]`` or ``None``; gets its gradient.
         scale: logit scale.
 
     Returns:
@@ -282,6 +306,11 @@ def na_triton(query: Tensor, key: Tensor, value: Tensor, axes: tuple[AxisSpec, .
     reason = supports(axes)
     if reason is not None:
         raise ValueError(f'backend="triton" does not support {reason}')
-    if rpb is not None and len(axes) == 1:
-        rpb = rpb.unsqueeze(1)  # [heads, 1, 2k - 1]: the unit row axis
+    batch, heads = query.shape[0], query.shape[-2]
+    for name, size in (('batch size', batch), ('heads', heads)):
+        if size > _GRID_YZ:
+            raise ValueError(f'backend="triton" launches one program per head and batch element along CUDA '
+                             f'grid dims limited to {_GRID_YZ}; got {name} {size} (split the call)')
+    if rpb is not None and len(axes) < 3:
+        rpb = rpb.reshape((rpb.shape[0],) + (1,) * (3 - len(axes)) + rpb.shape[1:])  # unit leading axes
     return _NATriton.apply(query, key, value, rpb, axes, float(scale))
