@@ -19,7 +19,7 @@ from localattn.backbones import NAT, DiNAT, QnAViT
 from localattn.deploy import compile_parity, export_onnx, onnx_parity, onnxruntime_outputs
 from localattn.ops import na2d, qna2d
 from localattn.ops.na import native
-from localattn.ops.na.indexing import AxisSpec, axis_windows
+from localattn.ops.na.indexing import AxisSpec, axis_windows, pack_axes
 
 HAS_CXX = shutil.which('g++') is not None or shutil.which('c++') is not None
 needs_cxx = pytest.mark.skipif(not HAS_CXX, reason='torch.compile (inductor) and the NA kernel need a C++ compiler')
@@ -71,11 +71,11 @@ def test_na_custom_op_opcheck(kernel, dilation, rpb, valid):
                      valid or (None, None)))
     q, k, v = (torch.randn(2, 6, 10, 2, 4, dtype=torch.float64, requires_grad=True) for _ in range(3))
     bias = torch.randn(2, *(2 * ax.kernel - 1 for ax in axes), dtype=torch.float64, requires_grad=True) if rpb else None
-    args = (q, k, v, bias, native.geometry(axes), 0.5, True)
+    args = (q, k, v, bias, pack_axes(axes), 0.5, True)
     torch.library.opcheck(native.na_cpu_forward, args)
     torch.library.opcheck(native.na_cpu_forward, (q.detach(), k.detach(), v.detach(),
                                                   None if bias is None else bias.detach(),
-                                                  native.geometry(axes), 0.5, False))
+                                                  pack_axes(axes), 0.5, False))
 
 
 @needs_cxx

@@ -179,6 +179,10 @@ def test_rpb_reads_stay_in_the_table(worker):
     assert worker['rpb_bounds'] == 'ok', worker['rpb_bounds']
 
 
+def test_compile_fullgraph_and_opcheck(worker):
+    assert worker['compile'] == 'ok', worker['compile']
+
+
 def test_queries_without_keys_give_zeros_and_finite_grads(worker):
     assert worker['no_keys'] == 'ok', worker['no_keys']
 
@@ -249,6 +253,35 @@ def check_rpb_reads_stay_in_the_table():
                 torch.testing.assert_close(a, b, rtol=1e-5, atol=1e-5)
     finally:
         tri._bias_table = real
+
+
+def check_compile_and_opcheck():
+    """The kernels are custom ops: ``torch.compile(fullgraph=True)`` traces ``na2d`` / ``na3d`` with
+    ``backend='triton'`` without a graph break (``aot_eager``: the compiled graph calls the ops, run
+    here by the interpreter) and gives the eager results and gradients; ``torch.library.opcheck``
+    checks the ops' schemas, fake implementations and autograd registration."""
+    from localattn.ops.na import na2d, na3d
+    from localattn.ops.na.indexing import pack_axes
+    torch.manual_seed(0)
+    for op, shape, ks in ((na2d, (7, 9), 3), (na3d, (3, 5, 6), (2, 3, 3))):
+        q, k, v = (torch.randn(1, *shape, 2, 16, requires_grad=True) for _ in range(3))
+        rpb = torch.randn(2, *(2 * x - 1 for x in (ks if isinstance(ks, tuple) else (ks,) * len(shape))),
+                          requires_grad=True)
+
+        def fn(q, k, v, rpb):
+            return op(q, k, v, ks, dilation=2 if len(shape) == 2 else 1, rpb=rpb, backend='triton')
+        torch._dynamo.reset()
+        out = torch.compile(fn, backend='aot_eager', fullgraph=True)(q, k, v, rpb)
+        want = fn(q, k, v, rpb)
+        torch.testing.assert_close(out, want, rtol=0, atol=0)
+        for a, b in zip(torch.autograd.grad(out.sum(), [q, k, v, rpb]),
+                        torch.autograd.grad(want.sum(), [q, k, v, rpb])):
+            torch.testing.assert_close(a, b, rtol=1e-6, atol=1e-6)
+    axes = (AxisSpec(5, 3), AxisSpec(6, 3, 2))
+    q, k, v = (torch.randn(1, 5, 6, 1, 16, requires_grad=True) for _ in range(3))
+    rpb = torch.randn(1, 1, 5, 5, requires_grad=True)
+    for bias in (rpb, None):
+        torch.library.opcheck(tri.na_triton_forward, (q, k, v, bias, pack_axes(axes), 0.25))
 
 
 def check_queries_without_keys():
@@ -373,6 +406,7 @@ def _worker_main() -> None:
             attempt(f'step{step_keys}/{i}', lambda: run_with_step_keys(case, step_keys))
     attempt('public', lambda: (check_public_op_and_strided_inputs(), 'ok')[1])
     attempt('no_keys', lambda: (check_queries_without_keys(), 'ok')[1])
+    attempt('compile', lambda: (check_compile_and_opcheck(), 'ok')[1])
     attempt('rpb_bounds', lambda: (check_rpb_reads_stay_in_the_table(), 'ok')[1])
     print(json.dumps(results))
 

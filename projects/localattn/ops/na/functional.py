@@ -35,8 +35,9 @@ eager       other      any                 any      ``tiles``
 ==========  =========  ==================  =======  ==================================================
 
 (``compile``: under ``torch.compile``, where the ``tiles`` autograd Function does not trace; the
-``native`` kernel is a custom op there. "without the kernel": no C++ compiler, a failed build, which
-:mod:`.backends.native` reports once with a ``RuntimeWarning``, or ``LOCALATTN_NA_NATIVE=0``.)
+``native`` and ``triton`` kernels are custom ops, traced without graph breaks. "without the kernel":
+no C++ compiler, a failed build, which :mod:`.backends.native` reports once with a ``RuntimeWarning``,
+or ``LOCALATTN_NA_NATIVE=0``.)
 
 A backend requested by name runs exactly that implementation. When it cannot run the call (``native``
 on CUDA, without a compiler or with dropout; ``flex`` or ``triton`` with dropout; ``natten`` not
@@ -51,13 +52,13 @@ import functools
 import importlib
 import importlib.util
 import os
-from types import ModuleType
 from typing import Sequence, Union
 
 import torch
 from torch import Tensor
 
 from .backends import native
+from .backends import triton as triton_backend
 from .backends.reference import na_reference
 from .backends.tiles import na_tiles
 from .backends.unrolled import na_unrolled
@@ -184,20 +185,16 @@ def flex_available() -> bool:
     return _module_exists('torch.nn.attention.flex_attention')
 
 
-@functools.lru_cache(maxsize=1)
-def _triton_backend() -> tuple[ModuleType | None, str | None]:
-    """``(module, None)`` of :mod:`.backends.triton`, or ``(None, why it cannot be imported)``."""
-    try:
-        return importlib.import_module(f'{__package__}.backends.triton'), None
-    except ImportError as exc:
-        return None, f'its module {__package__}.backends.triton cannot be imported ({type(exc).__name__}: {exc})'
+@_constant_under_compile
+def triton_available() -> bool:
+    """Whether the ``triton`` backend can run here (triton, and CUDA or ``TRITON_INTERPRET=1``)."""
+    return bool(triton_backend.available())
 
 
 @_constant_under_compile
-def triton_available() -> bool:
-    """Whether the ``triton`` backend can run here (its module imports, triton and CUDA are present)."""
-    module, _ = _triton_backend()
-    return module is not None and bool(module.available())
+def _triton_interpreting() -> bool:
+    """``TRITON_INTERPRET=1``: the triton kernels run on CPU tensors (the test suite's way)."""
+    return os.environ.get('TRITON_INTERPRET', '0') == '1'
 
 
 def _natten(query: Tensor, key: Tensor, value: Tensor, axes: tuple[AxisSpec, ...], scale: float) -> Tensor:
@@ -231,14 +228,11 @@ def _obstacle(backend: str, query: Tensor, rpb: Tensor | None, axes: tuple[AxisS
         if not natten_available():
             return RuntimeError, 'the natten package is not installed'
     elif backend == 'triton':
-        if device != 'cuda' and os.environ.get('TRITON_INTERPRET', '0') != '1':
+        if device != 'cuda' and not _triton_interpreting():
             return ValueError, f'it runs on CUDA (or under TRITON_INTERPRET=1) and the inputs are on {query.device}'
-        module, why = _triton_backend()
-        if module is None:
-            return RuntimeError, why
-        if not module.available():
+        if not triton_available():
             return RuntimeError, 'triton is not installed or no CUDA device is present'
-        why = module.supports(axes, dropout_p)
+        why = triton_backend.supports(axes, dropout_p)
         if why is not None:
             return ValueError, f'its kernels do not cover {why}'
     return None
@@ -307,7 +301,7 @@ def _na(n: int, query: Tensor, key: Tensor, value: Tensor, kernel_size: IntArg, 
         from .backends.flex import na_flex
         return na_flex(query, key, value, axes, rpb, scale)
     if backend == 'triton':
-        return _triton_backend()[0].na_triton(query, key, value, axes, rpb, scale)
+        return triton_backend.na_triton(query, key, value, axes, rpb, scale)
     return _natten(query, key, value, axes, scale)
 
 

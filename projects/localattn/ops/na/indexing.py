@@ -48,6 +48,17 @@ class AxisSpec:
         return self.length if self.valid is None else self.valid
 
 
+def pack_axes(axes: tuple[AxisSpec, ...]) -> list[int]:
+    """``axes`` as a flat int list, 6 ints per axis (how the custom ops take them)."""
+    return [v for ax in axes for v in (ax.length, ax.kernel, ax.dilation, ax.stride, int(ax.causal), ax.valid or 0)]
+
+
+def unpack_axes(geom: list[int]) -> tuple[AxisSpec, ...]:
+    """Inverse of :func:`pack_axes`."""
+    return tuple(AxisSpec(L, k, d, s, bool(c), v or None) for L, k, d, s, c, v in
+                 (geom[i:i + 6] for i in range(0, len(geom), 6)))
+
+
 class AxisWindows(NamedTuple):
     """Window of every query along one axis; all int64 tensors of shape ``[L]``."""
 

@@ -44,7 +44,7 @@ import torch
 from torch import Tensor
 
 from ...caching import table_cache
-from ..indexing import AxisSpec, axis_inverse, axis_windows
+from ..indexing import AxisSpec, axis_inverse, axis_windows, pack_axes, unpack_axes
 
 PAD = 8  # zero columns after each transposed row (one vector step)
 FLAGS = ('-O3', '-march=native', '-fopenmp-simd', '-shared', '-fPIC', '-std=c++17', '-pthread')
@@ -179,17 +179,6 @@ def _plan(axes: tuple[AxisSpec, ...]) -> _Plan:
     return _Plan(meta, tab, perm, inverse)
 
 
-def geometry(axes: tuple[AxisSpec, ...]) -> list[int]:
-    """``axes`` as a flat int list (the custom ops' argument): 6 ints per axis."""
-    return [v for ax in axes for v in (ax.length, ax.kernel, ax.dilation, ax.stride, int(ax.causal), ax.valid or 0)]
-
-
-def _axes(geom: list[int]) -> tuple[AxisSpec, ...]:
-    """Inverse of :func:`geometry`."""
-    return tuple(AxisSpec(L, k, d, s, bool(c), v or None) for L, k, d, s, c, v in
-                 (geom[i:i + 6] for i in range(0, len(geom), 6)))
-
-
 def _compute_dtype(x: Tensor) -> torch.dtype:
     return torch.float64 if x.dtype == torch.float64 else torch.float32
 
@@ -249,7 +238,7 @@ def na_cpu_forward(query: Tensor, key: Tensor, value: Tensor, rpb: Tensor | None
 
     ``lse``/``probs`` (compute dtype) are the backward's statistics; empty without ``with_stats``.
     """
-    dtype, plan = _compute_dtype(query), _plan(_axes(geom))
+    dtype, plan = _compute_dtype(query), _plan(unpack_axes(geom))
     q, v = (_strided_rows(x, plan.perm, dtype) for x in (query, value))
     kt = _columns(_strided_rows(key, plan.perm, dtype))
     bias = None if rpb is None else rpb.detach().to(dtype).contiguous()
@@ -267,7 +256,7 @@ def na_cpu_forward(query: Tensor, key: Tensor, value: Tensor, rpb: Tensor | None
 
 @na_cpu_forward.register_fake
 def _(query, key, value, rpb, geom, scale, with_stats):
-    dtype, axes = _compute_dtype(query), _axes(geom)
+    dtype, axes = _compute_dtype(query), unpack_axes(geom)
     b, h = query.shape[0], query.shape[-2]
     n = math.prod(ax.length for ax in axes)
     if not with_stats:
@@ -283,7 +272,7 @@ def na_cpu_backward(grad_out: Tensor, query: Tensor, key: Tensor, value: Tensor,
     """Backward kernel: ``(dq, dk, dv, drpb)``; ``drpb`` is empty when ``rpb`` is None."""
     if probs.numel() == 0 and lse.numel() == 0 and grad_out.numel():
         raise RuntimeError('localattn: NA backward without the forward statistics (forward ran without grad)')
-    dtype, plan, threads = _compute_dtype(query), _plan(_axes(geom)), torch.get_num_threads()
+    dtype, plan, threads = _compute_dtype(query), _plan(unpack_axes(geom)), torch.get_num_threads()
     q, k, v, grad, o = (_rows(x, plan.perm, dtype) for x in (query, key, value, grad_out, out))
     delta = (grad * o).sum(-1)
     bias = None if rpb is None else rpb.detach().to(dtype).contiguous()
@@ -343,4 +332,4 @@ def na_native(query: Tensor, key: Tensor, value: Tensor, axes: tuple[AxisSpec, .
     """
     with_stats = torch.is_grad_enabled() and any(x is not None and x.requires_grad
                                                  for x in (query, key, value, rpb))
-    return na_cpu_forward(query, key, value, rpb, geometry(axes), float(scale), with_stats)[0]
+    return na_cpu_forward(query, key, value, rpb, pack_axes(axes), float(scale), with_stats)[0]

@@ -26,7 +26,7 @@ from typing import NamedTuple
 import torch
 from torch import Tensor
 
-from ..indexing import AxisSpec
+from ..indexing import AxisSpec, pack_axes, unpack_axes
 
 LOG2E = 1.4426950408889634  # log2(e): the kernels work in base 2
 #: names of the kernels (in :mod:`._triton_kernels`): forward, dq + d(rpb), dk + dv
@@ -229,63 +229,94 @@ def _device(x: Tensor):
     return torch.cuda.device(x.device) if x.is_cuda else contextlib.nullcontext()
 
 
-class _NATriton(torch.autograd.Function):
-    @staticmethod
-    def forward(ctx, query, key, value, rpb, axes, scale):
-        n = len(axes)
-        q, k, v = (_view_3d(x, n) for x in (query, key, value))
-        b, heads, dim = q.shape[0], q.shape[-2], q.shape[-1]
-        az, ay, ax, t = _geometry(axes, dim)
-        out = torch.empty(q.shape, dtype=q.dtype, device=q.device)
-        lse = torch.empty((b, heads, az.length, ay.length, ax.length), dtype=torch.float32, device=q.device)
-        bias = _bias_table(rpb, q.device)
-        sizes, n_tiles = _launch_args(az, ay, ax, heads, t.tqh, t.tqw)
-        with _device(q):
-            _kernels().na_fwd_kernel[(n_tiles, heads, b)](
-                q, k, v, out, lse, bias, *_strides(q), *_strides(k), *_strides(v), *_strides(out),
-                *sizes, scale * LOG2E,
-                D=dim, BD=max(16, _pow2(dim)), TQH=t.tqh, TQW=t.tqw, KRH=t.krh, KW=t.kw,
-                HAS_RPB=rpb is not None, IEEE=q.dtype == torch.float32, UPCAST=_interpreting(), DEPTH=n == 3,
-                **launch_options(t))
-        ctx.save_for_backward(q, k, v, bias, out, lse)
-        ctx.axes, ctx.scale, ctx.has_rpb = axes, scale, rpb is not None
-        ctx.rpb_dtype = rpb.dtype if rpb is not None else None
-        return _unview(out, n)
+# The kernels run inside custom ops: opaque to torch.compile (no graph break; shapes from the fake
+# implementations) and differentiable through ``register_autograd``, like the native CPU kernel.
+@torch.library.custom_op('localattn::na_triton_forward', mutates_args=())
+def na_triton_forward(query: Tensor, key: Tensor, value: Tensor, rpb: Tensor | None, geom: list[int],
+                      scale: float) -> tuple[Tensor, Tensor]:
+    """Forward kernel: ``[B, *spatial, heads, D]`` x3 -> ``(out`` (contiguous, query's shape),
+    ``lse [B, heads, Z, Y, X]`` fp32 (unit leading axes for 1-D / 2-D), the backward's statistics).
+    ``rpb``: ``[heads, 2kz - 1, 2ky - 1, 2kx - 1]`` (unit leading axes for 1-D / 2-D) or ``None``."""
+    axes = unpack_axes(geom)
+    n = len(axes)
+    q, k, v = (_view_3d(x, n) for x in (query, key, value))
+    b, heads, dim = q.shape[0], q.shape[-2], q.shape[-1]
+    az, ay, ax, t = _geometry(axes, dim)
+    out = torch.empty(q.shape, dtype=q.dtype, device=q.device)
+    lse = torch.empty((b, heads, az.length, ay.length, ax.length), dtype=torch.float32, device=q.device)
+    sizes, n_tiles = _launch_args(az, ay, ax, heads, t.tqh, t.tqw)
+    with _device(q):
+        _kernels().na_fwd_kernel[(n_tiles, heads, b)](
+            q, k, v, out, lse, _bias_table(rpb, q.device), *_strides(q), *_strides(k), *_strides(v),
+            *_strides(out), *sizes, scale * LOG2E,
+            D=dim, BD=max(16, _pow2(dim)), TQH=t.tqh, TQW=t.tqw, KRH=t.krh, KW=t.kw,
+            HAS_RPB=rpb is not None, IEEE=q.dtype == torch.float32, UPCAST=_interpreting(), DEPTH=n == 3,
+            **launch_options(t))
+    return _unview(out, n), lse
 
-    @staticmethod
-    def backward(ctx, grad_out):
-        q, k, v, bias, out, lse = ctx.saved_tensors
-        n = len(ctx.axes)
-        b, heads, dim = q.shape[0], q.shape[-2], q.shape[-1]
-        az, ay, ax, t = _geometry(ctx.axes, dim)
-        do = _view_3d(grad_out, n)
-        if do.dtype != q.dtype:
-            do = do.to(q.dtype)
-        delta = torch.empty_like(lse)  # rowsum(dO * O), written by the dq kernel for the dk/dv kernel
-        dq = torch.empty(q.shape, dtype=q.dtype, device=q.device)
-        dk = torch.empty(q.shape, dtype=q.dtype, device=q.device)
-        dv = torch.empty(q.shape, dtype=q.dtype, device=q.device)
-        sizes_q, tiles_q = _launch_args(az, ay, ax, heads, t.tqh, t.tqw)
-        sizes_k, tiles_k = _launch_args(az, ay, ax, heads, t.tkh, t.tkw)
-        rel = (2 * az.kernel - 1, 2 * ay.kernel - 1, 2 * ax.kernel - 1)
-        # one RPB-gradient slot per forward-tiling program: zeros where a program writes nothing
-        part = torch.zeros((tiles_q, b, heads, *rel) if ctx.has_rpb else (1,), dtype=torch.float32,
-                           device=q.device)
-        common = dict(D=dim, BD=max(16, _pow2(dim)), HAS_RPB=ctx.has_rpb, IEEE=q.dtype == torch.float32,
-                      UPCAST=_interpreting(), DEPTH=n == 3, **launch_options(t))
-        strides = (*_strides(q), *_strides(k), *_strides(v), *_strides(do))
-        kern = _kernels()
-        with _device(q):
-            kern.na_bwd_dq_kernel[(tiles_q, heads, b)](
-                q, k, v, out, do, lse, delta, bias, dq, part, *strides, *sizes_q,
-                ctx.scale * LOG2E, ctx.scale, TQH=t.tqh, TQW=t.tqw, KRH=t.krh, KW=t.kw, RPY=t.rpy, **common)
-            kern.na_bwd_dkdv_kernel[(tiles_k, heads, b)](
-                q, k, v, do, lse, delta, bias, dk, dv, *strides, *sizes_k,
-                ctx.scale * LOG2E, ctx.scale, TKH=t.tkh, TKW=t.tkw, QRH=t.qrh, QW=t.qw, **common)
-        drpb = None
-        if ctx.has_rpb:
-            drpb = part.sum((0, 1)).to(ctx.rpb_dtype)  # [heads, rz, ry, rx], as the table passed in
-        return _unview(dq, n), _unview(dk, n), _unview(dv, n), drpb, None, None
+
+@na_triton_forward.register_fake
+def _(query, key, value, rpb, geom, scale):
+    b, heads = query.shape[0], query.shape[-2]
+    lengths = [ax.length for ax in _as_3d(unpack_axes(geom))]
+    return query.new_empty(query.shape), query.new_empty((b, heads, *lengths), dtype=torch.float32)
+
+
+@torch.library.custom_op('localattn::na_triton_backward', mutates_args=())
+def na_triton_backward(grad_out: Tensor, query: Tensor, key: Tensor, value: Tensor, rpb: Tensor | None,
+                       out: Tensor, lse: Tensor, geom: list[int], scale: float
+                       ) -> tuple[Tensor, Tensor, Tensor, Tensor]:
+    """Backward kernels: ``(dq, dk, dv, drpb)`` (contiguous; ``drpb`` empty when ``rpb`` is None)."""
+    axes = unpack_axes(geom)
+    n = len(axes)
+    q, k, v, o = (_view_3d(x, n) for x in (query, key, value, out))
+    b, heads, dim = q.shape[0], q.shape[-2], q.shape[-1]
+    az, ay, ax, t = _geometry(axes, dim)
+    do = _view_3d(grad_out if grad_out.dtype == q.dtype else grad_out.to(q.dtype), n)
+    delta = torch.empty_like(lse)  # rowsum(dO * O), written by the dq kernel for the dk/dv kernel
+    dq, dk, dv = (torch.empty(q.shape, dtype=q.dtype, device=q.device) for _ in range(3))
+    sizes_q, tiles_q = _launch_args(az, ay, ax, heads, t.tqh, t.tqw)
+    sizes_k, tiles_k = _launch_args(az, ay, ax, heads, t.tkh, t.tkw)
+    rel = (2 * az.kernel - 1, 2 * ay.kernel - 1, 2 * ax.kernel - 1)
+    # one RPB-gradient slot per forward-tiling program: zeros where a program writes nothing
+    part = torch.zeros((tiles_q, b, heads, *rel) if rpb is not None else (1,), dtype=torch.float32,
+                       device=q.device)
+    bias = _bias_table(rpb, q.device)
+    common = dict(D=dim, BD=max(16, _pow2(dim)), HAS_RPB=rpb is not None, IEEE=q.dtype == torch.float32,
+                  UPCAST=_interpreting(), DEPTH=n == 3, **launch_options(t))
+    strides = (*_strides(q), *_strides(k), *_strides(v), *_strides(do))
+    kern = _kernels()
+    with _device(q):
+        kern.na_bwd_dq_kernel[(tiles_q, heads, b)](
+            q, k, v, o, do, lse, delta, bias, dq, part, *strides, *sizes_q,
+            scale * LOG2E, scale, TQH=t.tqh, TQW=t.tqw, KRH=t.krh, KW=t.kw, RPY=t.rpy, **common)
+        kern.na_bwd_dkdv_kernel[(tiles_k, heads, b)](
+            q, k, v, do, lse, delta, bias, dk, dv, *strides, *sizes_k,
+            scale * LOG2E, scale, TKH=t.tkh, TKW=t.tkw, QRH=t.qrh, QW=t.qw, **common)
+    drpb = query.new_empty(0) if rpb is None else part.sum((0, 1)).to(rpb.dtype)  # [heads, rz, ry, rx]
+    return _unview(dq, n), _unview(dk, n), _unview(dv, n), drpb
+
+
+@na_triton_backward.register_fake
+def _(grad_out, query, key, value, rpb, out, lse, geom, scale):
+    return (query.new_empty(query.shape), query.new_empty(query.shape), query.new_empty(query.shape),
+            query.new_empty(0) if rpb is None else rpb.new_empty(rpb.shape))
+
+
+def _setup_context(ctx, inputs, output) -> None:
+    query, key, value, rpb, geom, scale = inputs
+    out, lse = output
+    ctx.save_for_backward(query, key, value, rpb, out, lse)
+    ctx.geom, ctx.scale = geom, scale
+
+
+def _backward(ctx, grad_out: Tensor, _grad_lse):
+    query, key, value, rpb, out, lse = ctx.saved_tensors
+    dq, dk, dv, drpb = na_triton_backward(grad_out, query, key, value, rpb, out, lse, ctx.geom, ctx.scale)
+    return dq, dk, dv, (drpb if rpb is not None else None), None, None
+
+
+na_triton_forward.register_autograd(_backward, setup_context=_setup_context)
 
 
 def na_triton(query: Tensor, key: Tensor, value: Tensor, axes: tuple[AxisSpec, ...],
@@ -313,4 +344,4 @@ def na_triton(query: Tensor, key: Tensor, value: Tensor, axes: tuple[AxisSpec, .
                              f'grid dims limited to {_GRID_YZ}; got {name} {size} (split the call)')
     if rpb is not None and len(axes) < 3:
         rpb = rpb.reshape((rpb.shape[0],) + (1,) * (3 - len(axes)) + rpb.shape[1:])  # unit leading axes
-    return _NATriton.apply(query, key, value, rpb, axes, float(scale))
+    return na_triton_forward(query, key, value, rpb, pack_axes(axes), float(scale))[0]
