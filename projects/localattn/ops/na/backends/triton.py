@@ -181,7 +181,7 @@ def _geometry(axes, dim: int):
 
 def _strides(x: Tensor) -> tuple[int, ...]:
     """Strides of batch, depth, rows, columns, heads of a ``[B, Z, Y, X, heads, D]`` tensor."""
-    return tuple(x.stride(i) for i in range(5))
+    return x.stride()[:5]
 
 
 def _view_3d(x: Tensor, n: int) -> Tensor:
@@ -229,15 +229,12 @@ def _device(x: Tensor):
     return torch.cuda.device(x.device) if x.is_cuda else contextlib.nullcontext()
 
 
-# The kernels run inside custom ops: opaque to torch.compile (no graph break; shapes from the fake
-# implementations) and differentiable through ``register_autograd``, like the native CPU kernel.
-@torch.library.custom_op('localattn::na_triton_forward', mutates_args=())
-def na_triton_forward(query: Tensor, key: Tensor, value: Tensor, rpb: Tensor | None, geom: list[int],
-                      scale: float) -> tuple[Tensor, Tensor]:
+def _forward(query: Tensor, key: Tensor, value: Tensor, rpb: Tensor | None, axes: tuple[AxisSpec, ...],
+             scale: float) -> tuple[Tensor, Tensor]:
     """Forward kernel: ``[B, *spatial, heads, D]`` x3 -> ``(out`` (contiguous, query's shape),
     ``lse [B, heads, Z, Y, X]`` fp32 (unit leading axes for 1-D / 2-D), the backward's statistics).
-    ``rpb``: ``[heads, 2kz - 1, 2ky - 1, 2kx - 1]`` (unit leading axes for 1-D / 2-D) or ``None``."""
-    axes = unpack_axes(geom)
+    ``rpb``: ``[heads, *(2k - 1 per axis)]`` or ``None`` (read as ``[heads, 2kz - 1, 2ky - 1, 2kx - 1]``
+    with unit leading axes: the same memory order)."""
     n = len(axes)
     q, k, v = (_view_3d(x, n) for x in (query, key, value))
     b, heads, dim = q.shape[0], q.shape[-2], q.shape[-1]
@@ -255,19 +252,9 @@ def na_triton_forward(query: Tensor, key: Tensor, value: Tensor, rpb: Tensor | N
     return _unview(out, n), lse
 
 
-@na_triton_forward.register_fake
-def _(query, key, value, rpb, geom, scale):
-    b, heads = query.shape[0], query.shape[-2]
-    lengths = [ax.length for ax in _as_3d(unpack_axes(geom))]
-    return query.new_empty(query.shape), query.new_empty((b, heads, *lengths), dtype=torch.float32)
-
-
-@torch.library.custom_op('localattn::na_triton_backward', mutates_args=())
-def na_triton_backward(grad_out: Tensor, query: Tensor, key: Tensor, value: Tensor, rpb: Tensor | None,
-                       out: Tensor, lse: Tensor, geom: list[int], scale: float
-                       ) -> tuple[Tensor, Tensor, Tensor, Tensor]:
-    """Backward kernels: ``(dq, dk, dv, drpb)`` (contiguous; ``drpb`` empty when ``rpb`` is None)."""
-    axes = unpack_axes(geom)
+def _backward(grad_out: Tensor, query: Tensor, key: Tensor, value: Tensor, rpb: Tensor | None, out: Tensor,
+              lse: Tensor, axes: tuple[AxisSpec, ...], scale: float) -> tuple[Tensor, Tensor, Tensor, Tensor | None]:
+    """Backward kernels: ``(dq, dk, dv, drpb)`` (contiguous; ``drpb`` is ``None`` without ``rpb``)."""
     n = len(axes)
     q, k, v, o = (_view_3d(x, n) for x in (query, key, value, out))
     b, heads, dim = q.shape[0], q.shape[-2], q.shape[-1]
@@ -293,8 +280,50 @@ def na_triton_backward(grad_out: Tensor, query: Tensor, key: Tensor, value: Tens
         kern.na_bwd_dkdv_kernel[(tiles_k, heads, b)](
             q, k, v, do, lse, delta, bias, dk, dv, *strides, *sizes_k,
             scale * LOG2E, scale, TKH=t.tkh, TKW=t.tkw, QRH=t.qrh, QW=t.qw, **common)
-    drpb = query.new_empty(0) if rpb is None else part.sum((0, 1)).to(rpb.dtype)  # [heads, rz, ry, rx]
+    drpb = None if rpb is None else part.sum((0, 1)).view(rpb.shape).to(rpb.dtype)
     return _unview(dq, n), _unview(dk, n), _unview(dv, n), drpb
+
+
+class _NATriton(torch.autograd.Function):
+    """Eager path: the kernels behind an autograd Function (less host time per call than the custom ops)."""
+
+    @staticmethod
+    def forward(ctx, query, key, value, rpb, axes, scale):
+        out, lse = _forward(query, key, value, rpb, axes, scale)
+        ctx.save_for_backward(query, key, value, rpb, out, lse)
+        ctx.axes, ctx.scale = axes, scale
+        return out
+
+    @staticmethod
+    def backward(ctx, grad_out):
+        query, key, value, rpb, out, lse = ctx.saved_tensors
+        return (*_backward(grad_out, query, key, value, rpb, out, lse, ctx.axes, ctx.scale), None, None)
+
+
+# Under torch.compile the kernels run inside custom ops: opaque to the compiler (no graph break; shapes
+# from the fake implementations) and differentiable through ``register_autograd``, like the native
+# CPU kernel.
+@torch.library.custom_op('localattn::na_triton_forward', mutates_args=())
+def na_triton_forward(query: Tensor, key: Tensor, value: Tensor, rpb: Tensor | None, geom: list[int],
+                      scale: float) -> tuple[Tensor, Tensor]:
+    """:func:`_forward` as a custom op (``geom``: :func:`~..indexing.pack_axes` of the axes)."""
+    return _forward(query, key, value, rpb, unpack_axes(geom), scale)
+
+
+@na_triton_forward.register_fake
+def _(query, key, value, rpb, geom, scale):
+    b, heads = query.shape[0], query.shape[-2]
+    lengths = [ax.length for ax in _as_3d(unpack_axes(geom))]
+    return query.new_empty(query.shape), query.new_empty((b, heads, *lengths), dtype=torch.float32)
+
+
+@torch.library.custom_op('localattn::na_triton_backward', mutates_args=())
+def na_triton_backward(grad_out: Tensor, query: Tensor, key: Tensor, value: Tensor, rpb: Tensor | None,
+                       out: Tensor, lse: Tensor, geom: list[int], scale: float
+                       ) -> tuple[Tensor, Tensor, Tensor, Tensor]:
+    """:func:`_backward` as a custom op (``drpb`` empty without ``rpb``)."""
+    dq, dk, dv, drpb = _backward(grad_out, query, key, value, rpb, out, lse, unpack_axes(geom), scale)
+    return dq, dk, dv, query.new_empty(0) if drpb is None else drpb
 
 
 @na_triton_backward.register_fake
@@ -310,13 +339,13 @@ def _setup_context(ctx, inputs, output) -> None:
     ctx.geom, ctx.scale = geom, scale
 
 
-def _backward(ctx, grad_out: Tensor, _grad_lse):
+def _op_backward(ctx, grad_out: Tensor, _grad_lse):
     query, key, value, rpb, out, lse = ctx.saved_tensors
     dq, dk, dv, drpb = na_triton_backward(grad_out, query, key, value, rpb, out, lse, ctx.geom, ctx.scale)
     return dq, dk, dv, (drpb if rpb is not None else None), None, None
 
 
-na_triton_forward.register_autograd(_backward, setup_context=_setup_context)
+na_triton_forward.register_autograd(_op_backward, setup_context=_setup_context)
 
 
 def na_triton(query: Tensor, key: Tensor, value: Tensor, axes: tuple[AxisSpec, ...],
@@ -342,6 +371,6 @@ def na_triton(query: Tensor, key: Tensor, value: Tensor, axes: tuple[AxisSpec, .
         if size > _GRID_YZ:
             raise ValueError(f'backend="triton" launches one program per head and batch element along CUDA '
                              f'grid dims limited to {_GRID_YZ}; got {name} {size} (split the call)')
-    if rpb is not None and len(axes) < 3:
-        rpb = rpb.reshape((rpb.shape[0],) + (1,) * (3 - len(axes)) + rpb.shape[1:])  # unit leading axes
-    return na_triton_forward(query, key, value, rpb, pack_axes(axes), float(scale))[0]
+    if torch.compiler.is_compiling():
+        return na_triton_forward(query, key, value, rpb, pack_axes(axes), float(scale))[0]
+    return _NATriton.apply(query, key, value, rpb, axes, float(scale))
