@@ -277,9 +277,20 @@ def check_compile_and_opcheck():
         for a, b in zip(torch.autograd.grad(out.sum(), [q, k, v, rpb]),
                         torch.autograd.grad(want.sum(), [q, k, v, rpb])):
             torch.testing.assert_close(a, b, rtol=1e-6, atol=1e-6)
+    # a whole NA layer (qkv projection, RPB parameter, a map smaller than the kernel: padding + valid_size)
+    from localattn.layers import NeighborhoodAttention2d
+    layer = NeighborhoodAttention2d(32, 2, 5, dilation=2, backend='triton')
+    x = torch.randn(1, 6, 9, 32, requires_grad=True)
+    torch._dynamo.reset()
+    out = torch.compile(layer, backend='aot_eager', fullgraph=True)(x)
+    want = layer(x)
+    torch.testing.assert_close(out, want, rtol=1e-6, atol=1e-6)
+    params = [x, layer.rpb, layer.qkv.weight]
+    for a, b in zip(torch.autograd.grad(out.square().sum(), params), torch.autograd.grad(want.square().sum(), params)):
+        torch.testing.assert_close(a, b, rtol=1e-5, atol=1e-5)
     axes = (AxisSpec(5, 3), AxisSpec(6, 3, 2))
     q, k, v = (torch.randn(1, 5, 6, 1, 16, requires_grad=True) for _ in range(3))
-    rpb = torch.randn(1, 1, 5, 5, requires_grad=True)
+    rpb = torch.randn(1, 5, 5, requires_grad=True)
     for bias in (rpb, None):
         torch.library.opcheck(tri.na_triton_forward, (q, k, v, bias, pack_axes(axes), 0.25))
 

@@ -174,6 +174,13 @@ def _next(zi, ri, ci, n_r, n_c, DEPTH: tl.constexpr):
 
 
 @triton.jit
+def _first_block(n_c):
+    """``(depth, block row, block column)`` counters of a walk's first block (run-time zeros)."""
+    zero = n_c * 0
+    return zero, zero, zero
+
+
+@triton.jit
 def _depth(zi, z_lo, z_q, z_k, gz, dz, h, kzk, Vz, Vy, rpb_plane, DEPTH: tl.constexpr):
     """Depth ``z_lo + zi`` of a loop over depths: its global index, the offset of its RPB plane for head
     ``h`` (relative depth ``z_k - z_q``, with ``z_k`` or ``z_q`` being this depth), and the row bound of
@@ -229,6 +236,22 @@ def _logits(q, kt, kr, kc, kbias, sy, sx, qbias, kyk, kxk, rpb_h, scale2,
     return s, inwin
 
 
+@triton.jit
+def _key_step(q, sy, sx, qbias, qz, z_lo, zi, ri, ci, r_lo, c_lo, r_hi, c_hi, K, k_base, skz, sky, skx, RPB, h,
+              gz, gy, gx, dz, dy, dx, Vz, Vy, Vx, kzk, kyk, kxk, rpb_plane, scale2, d, d_ok,
+              D: tl.constexpr, BD: tl.constexpr, KRH: tl.constexpr, KW: tl.constexpr, HAS_RPB: tl.constexpr,
+              IEEE: tl.constexpr, UPCAST: tl.constexpr, DEPTH: tl.constexpr):
+    """One step of the forward / dq loops: the keys of block ``(ri, ci)`` at key depth ``z_lo + zi``
+    (``k_base``: the (batch, head) offset into ``K``) and the query tile's base-2 logits against them
+    with the window mask. Returns the logits, the mask, the keys' validity and ``[BD, N]`` keys, and
+    their global depth, rows and columns (for loading values the same way)."""
+    gk_z, plane, vy = _depth(zi, z_lo, qz, z_lo + zi, gz, dz, h, kzk, Vz, Vy, rpb_plane, DEPTH)
+    kr, kc, k_ok, kbias, kt, yk, xk = _key_block(K, k_base + gk_z * skz, sky, skx, gy, gx, dy, dx, ri, ci, r_lo,
+                                                 c_lo, r_hi, c_hi, vy, Vx, kyk, kxk, d, d_ok, D, BD, KRH, KW)
+    s, inwin = _logits(q, kt, kr, kc, kbias, sy, sx, qbias, kyk, kxk, RPB + plane, scale2, HAS_RPB, IEEE, UPCAST)
+    return s, inwin, k_ok, kt, gk_z, yk, xk
+
+
 @triton.jit(do_not_specialize=_SIZES)
 def na_fwd_kernel(Q, K, V, Out, LSE, RPB,
                   sqb, sqz, sqy, sqx, sqh, skb, skz, sky, skx, skh, svb, svz, svy, svx, svh,
@@ -259,16 +282,12 @@ def na_fwd_kernel(Q, K, V, Out, LSE, RPB,
         m = tl.full([BQ], float('-inf'), tl.float32)
         denom = tl.zeros([BQ], tl.float32)
         acc = tl.zeros([BQ, BD], tl.float32)
-        zi = n_c * 0  # depth, block row, block column of the current block
-        ri = zi
-        ci = zi
+        zi, ri, ci = _first_block(n_c)
         for _ in range(kzk * n_r * n_c):
-            gk_z, plane, vy = _depth(zi, z_lo, qz, z_lo + zi, gz, dz, h, kzk, Vz, Vy, rpb_plane, DEPTH)
-            kr, kc, k_ok, kbias, kt, yk, xk = _key_block(K, b * skb + h * skh + gk_z * skz, sky, skx, gy, gx, dy, dx,
-                                                         ri, ci, r_lo, c_lo, r_hi, c_hi, vy, Vx, kyk, kxk,
-                                                         d, d_ok, D, BD, KRH, KW)
-            s, inwin = _logits(q, kt, kr, kc, kbias, sy, sx, qbias, kyk, kxk, RPB + plane, scale2, HAS_RPB, IEEE,
-                               UPCAST)
+            s, inwin, k_ok, kt, gk_z, yk, xk = _key_step(
+                q, sy, sx, qbias, qz, z_lo, zi, ri, ci, r_lo, c_lo, r_hi, c_hi, K, b * skb + h * skh, skz, sky, skx,
+                RPB, h, gz, gy, gx, dz, dy, dx, Vz, Vy, Vx, kzk, kyk, kxk, rpb_plane, scale2, d, d_ok,
+                D, BD, KRH, KW, HAS_RPB, IEEE, UPCAST, DEPTH)
             s = tl.where(inwin, s, float('-inf'))
             m_new = tl.maximum(m, tl.max(s, 1))
             m_use = tl.where(m_new == float('-inf'), 0., m_new)
@@ -361,18 +380,14 @@ def na_bwd_dq_kernel(Q, K, V, Out, DO, LSE, DELTA, RPB, DQ, DRPB,
         bins_ok = (rel_y[:, None] < ry_n) & (rel[None, :] < rx_n)
         dq = tl.zeros([BQ, BD], tl.float32)
         drpb = tl.zeros([RPY, KW], tl.float32)  # RPB bins of one key depth (KW >= 2 kx - 1, RPY >= 2 ky - 1)
-        zi = n_c * 0  # depth, block row, block column of the current block
-        ri = zi
-        ci = zi
+        zi, ri, ci = _first_block(n_c)
         for _ in range(kzk * n_r * n_c):
-            gk_z, plane, vy = _depth(zi, z_lo, qz, z_lo + zi, gz, dz, h, kzk, Vz, Vy, rpb_plane, DEPTH)
-            kr, kc, k_ok, kbias, kt, yk, xk = _key_block(K, b * skb + h * skh + gk_z * skz, sky, skx, gy, gx, dy, dx,
-                                                         ri, ci, r_lo, c_lo, r_hi, c_hi, vy, Vx, kyk, kxk,
-                                                         d, d_ok, D, BD, KRH, KW)
+            s, inwin, k_ok, kt, gk_z, yk, xk = _key_step(
+                q, sy, sx, qbias, qz, z_lo, zi, ri, ci, r_lo, c_lo, r_hi, c_hi, K, b * skb + h * skh, skz, sky, skx,
+                RPB, h, gz, gy, gx, dz, dy, dx, Vz, Vy, Vx, kzk, kyk, kxk, rpb_plane, scale2, d, d_ok,
+                D, BD, KRH, KW, HAS_RPB, IEEE, UPCAST, DEPTH)
             vt = tl.load(V + b * svb + h * svh + gk_z * svz + (yk * svy + xk * svx)[None, :] + d[:, None],
                          mask=_lanes(k_ok, d_ok, D, BD, True), other=0.)
-            s, inwin = _logits(q, kt, kr, kc, kbias, sy, sx, qbias, kyk, kxk, RPB + plane, scale2, HAS_RPB, IEEE,
-                               UPCAST)
             dp = _dot(do, vt, IEEE, UPCAST)
             p = tl.where(inwin, tl.exp2(s - lse[:, None]), 0.)
             ds = p * (dp - delta[:, None])
@@ -442,9 +457,7 @@ def na_bwd_dkdv_kernel(Q, K, V, DO, LSE, DELTA, RPB, DK, DV,
         n_r, n_c = _box_steps(r_lo, r_hi, c_lo, c_hi, QRH, QW)
         dk = tl.zeros([BK, BD], tl.float32)
         dv = tl.zeros([BK, BD], tl.float32)
-        zi = n_c * 0  # depth, block row, block column of the current block
-        ri = zi
-        ci = zi
+        zi, ri, ci = _first_block(n_c)
         stat_bh = (b * heads + h) * Lz * Ly * Lx
         for _ in range((z_hi - z_lo) * n_r * n_c):
             gq_z, plane, _vy = _depth(zi, z_lo, z_lo + zi, kz, gz, dz, h, kzk, Vz, Vy, rpb_plane, DEPTH)
