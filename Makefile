@@ -1,8 +1,9 @@
 # localattn developer entry points. `make setup` creates .venv with the whole stack (idempotent).
 VENV ?= .venv
 PY := $(VENV)/bin/python
-# Two pytest-xdist workers (the suite: 752 tests, about 14 minutes on 2 cores); PYTEST_ARGS= runs serially.
-PYTEST_ARGS ?= -n 2
+# Two pytest-xdist workers (the suite: about 830 tests, about 14 minutes on 2 cores; tests marked with an
+# xdist_group share one worker); PYTEST_ARGS= runs serially.
+PYTEST_ARGS ?= -n 2 --dist loadgroup
 
 .PHONY: setup test lint demo bench-attention
 

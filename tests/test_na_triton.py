@@ -21,6 +21,9 @@ import pytest
 import torch
 
 pytest.importorskip('triton')
+# every test here reads the one interpreter run of the module's worker fixture: keep them on one
+# pytest-xdist worker (``--dist loadgroup``) so that run happens once
+pytestmark = pytest.mark.xdist_group('triton_interpreter')
 
 from localattn.ops.na.backends import triton as tri  # noqa: E402
 from localattn.ops.na.indexing import AxisSpec  # noqa: E402
@@ -72,7 +75,8 @@ def run_case(case: dict, dtype: torch.dtype, seed: int = 0) -> list[float]:
     return [((a.double() - b).abs().max() / b.abs().max().clamp_min(1e-30)).item() for a, b in zip(got, want)]
 
 
-def case_3d(shape, kernel, dilation=1, heads=1, dim=16, rpb=True, valid=None) -> dict:
+def make_case(shape, kernel, dilation=1, heads=1, dim=16, rpb=True, valid=None) -> dict:
+    """A configuration for :func:`run_case`; ``kernel`` / ``dilation``: an int or one per axis."""
     def per_axis(x):
         return tuple(x) if isinstance(x, tuple) else (x,) * len(shape)
     return dict(shape=shape, kernel=per_axis(kernel), dilation=per_axis(dilation), heads=heads, dim=dim, rpb=rpb,
@@ -84,13 +88,16 @@ HALF_CASES = random_configs(4, seed=2)
 # 3-D calls (the interpreter runs every tile program one after another: small maps): odd and non-cubic
 # maps, even kernels, dilation on each axis, valid_size, no RPB, head dims 16 / 32 / 64
 CASES_3D = [
-    case_3d((5, 6, 7), (3, 3, 5), (1, 2, 1)),
-    case_3d((7, 5, 6), (3, 2, 3), (2, 1, 1), dim=32),
-    case_3d((6, 6, 5), 3, heads=2, valid=(5, 6, 4)),
-    case_3d((4, 9, 8), (4, 3, 3), rpb=False, dim=32),
-    case_3d((6, 4, 5), (5, 2, 3), (1, 2, 1), dim=64),
-    case_3d((3, 11, 10), (2, 5, 5), (1, 2, 2)),
+    make_case((5, 6, 7), (3, 3, 5), (1, 2, 1)),
+    make_case((7, 5, 6), (3, 2, 3), (2, 1, 1), dim=32),
+    make_case((6, 6, 5), 3, heads=2, valid=(5, 6, 4)),
+    make_case((4, 9, 8), (4, 3, 3), rpb=False, dim=32),
+    make_case((6, 4, 5), (5, 2, 3), (1, 2, 1), dim=64),
+    make_case((3, 11, 10), (2, 5, 5), (1, 2, 2)),
 ]
+# head dims that are not powers of two (loads and stores with lane masks: BD > D)
+LANE_CASES = [make_case((9, 11), (3, 5), (2, 1), dim=24, heads=2), make_case((13,), 5, 2, dim=8),
+              make_case((4, 5, 6), 3, dim=40), make_case((7, 8), 3, dim=20, rpb=False)]
 # the other block sizes gpu_check's tuning section may pick: 2-D cases whose key blocks get several rows
 STEP_CASES = [c for c in FP32_CASES if len(c['shape']) == 2 and max(c['kernel']) <= 8][:3]
 OTHER_STEPS = (1, 64, 128)
@@ -150,6 +157,12 @@ def test_half_precision_equals_reference(worker, i, dtype):
 @pytest.mark.parametrize('i', range(len(CASES_3D)), ids=[_case_id(c) for c in CASES_3D])
 def test_3d_fp32_equals_reference(worker, i):
     errs = worker[f'3d/{i}']
+    assert isinstance(errs, list) and max(errs) < 1e-5, errs
+
+
+@pytest.mark.parametrize('i', range(len(LANE_CASES)), ids=[_case_id(c) for c in LANE_CASES])
+def test_head_dims_that_are_not_powers_of_two(worker, i):
+    errs = worker[f'lanes/{i}']
     assert isinstance(errs, list) and max(errs) < 1e-5, errs
 
 
@@ -412,6 +425,8 @@ def _worker_main() -> None:
         attempt(f'3d/{i}', lambda: run_case(case, torch.float32))
     for dtype in (torch.float16, torch.bfloat16):
         attempt(f'3d/{str(dtype)[6:]}', lambda: run_case(CASES_3D[0], dtype))
+    for i, case in enumerate(LANE_CASES):
+        attempt(f'lanes/{i}', lambda: run_case(case, torch.float32))
     for step_keys in OTHER_STEPS:
         for i, case in enumerate(STEP_CASES):
             attempt(f'step{step_keys}/{i}', lambda: run_with_step_keys(case, step_keys))
