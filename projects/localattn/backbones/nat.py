@@ -92,8 +92,16 @@ class ConvDownsampler(nn.Module):
         self.norm = build_norm_layer(norm_cfg, 2 * in_channels)[1]
 
     def forward(self, x: Tensor) -> Tensor:
-        x = self.reduction(x.permute(0, 3, 1, 2)).permute(0, 2, 3, 1)
-        return self.norm(x)
+        x = x.permute(0, 3, 1, 2)
+        if x.shape[-1] == 1:
+            # A one-column map: the kernel's outer columns see only padding, so the conv equals its centre
+            # column with no horizontal padding. Computed that way because PyTorch's CPU bf16 convolution
+            # (2.13, autocast) leaves the weight gradient of such all-padding taps uninitialised now and
+            # then (NaN in ~9% of calls); the result and every gradient are the same.
+            x = torch.nn.functional.conv2d(x, self.reduction.weight[..., 1:2], stride=2, padding=(1, 0))
+        else:
+            x = self.reduction(x)
+        return self.norm(x.permute(0, 2, 3, 1))
 
 
 class Mlp(nn.Module):
