@@ -405,6 +405,47 @@ def test_auto_eager_table():
     assert resolve('auto', 'cuda', torch.float32) == ('natten' if natten_available() else 'flex')
 
 
+@pytest.fixture
+def triton_on_cuda(monkeypatch):
+    """``TRITON_ON_CUDA`` set and triton usable (as on a GPU machine with triton installed)."""
+    from localattn.ops.na import functional
+    monkeypatch.setattr(functional, 'TRITON_ON_CUDA', True)
+    monkeypatch.setattr(functional, 'triton_available', lambda: True)
+
+
+CUDA_3D = (AxisSpec(4, 3), AxisSpec(8, 3), AxisSpec(8, 3, 2))
+
+
+def test_auto_keeps_triton_opt_in_until_enabled(monkeypatch):
+    """``TRITON_ON_CUDA`` is off until a GPU check has passed: CUDA calls go to flex even where triton runs."""
+    from localattn.ops.na import functional
+    monkeypatch.setattr(functional, 'triton_available', lambda: True)
+    assert resolve('auto', 'cuda', torch.bfloat16, rpb=torch.zeros(2, 5, 5)) == 'flex'
+
+
+def test_auto_gives_cuda_calls_to_triton_once_enabled(triton_on_cuda):
+    rpb = torch.zeros(2, 5, 5)
+    assert resolve('auto', 'cuda', torch.bfloat16, rpb=rpb) == 'triton'
+    assert resolve('auto', 'cuda', torch.float32, axes=CUDA_3D) == 'triton'
+    assert resolve('auto', 'cuda', torch.float16, axes=(AxisSpec(8, 3, stride=2), AxisSpec(8, 3))) == 'flex'
+    assert resolve('auto', 'cuda', torch.float16, rpb=rpb, axes=(AxisSpec(8, 3, causal=True),) * 2) == 'flex'
+    assert resolve('auto', 'cuda', torch.float64, rpb=rpb) == 'tiles'
+    assert resolve('auto', 'cuda', torch.float16, rpb=rpb, dropout_p=0.1) == 'tiles'
+    assert resolve('auto', 'mps', torch.float16, rpb=rpb) == 'tiles'
+    assert resolve('auto', 'cpu', torch.float32, rpb=rpb) in ('native', 'tiles')
+    # calls natten covers (no rpb, no valid_size) keep natten when it is installed
+    assert resolve('auto', 'cuda', torch.float16) == ('natten' if natten_available() else 'triton')
+
+
+def test_auto_under_compile_gives_cuda_calls_to_triton_once_enabled(tracing, triton_on_cuda):
+    tracing('compile')
+    assert resolve('auto', 'cuda', torch.bfloat16) == 'triton'
+    assert resolve('auto', 'cuda', torch.float16, axes=CUDA_3D) == 'triton'
+    assert resolve('auto', 'cuda', torch.float16, axes=(AxisSpec(8, 3, stride=2), AxisSpec(8, 3))) == 'flex'
+    assert resolve('auto', 'cuda', torch.float64) == 'reference'
+    assert resolve('auto', 'cuda', dropout_p=0.1) == 'reference'
+
+
 def test_auto_without_kernel_is_tiles(no_kernel):
     assert resolve('auto') == 'tiles'
     assert resolve('auto', dtype=torch.float64) == 'tiles'

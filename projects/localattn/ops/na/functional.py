@@ -12,7 +12,7 @@ native        the compiled C++ CPU kernel (:mod:`.backends.native`, ``native.cpp
 tiles         pure-torch query tiles against key halos (:mod:`.backends.tiles`); any device
 flex          torch FlexAttention (:mod:`.backends.flex`); CUDA (CPU: eager forward only), no dropout
 natten        the optional NATTEN package; no rpb, valid_size or dropout
-triton        Triton kernels (:mod:`.backends.triton`); CUDA with triton, opt-in
+triton        Triton kernels (:mod:`.backends.triton`); CUDA with triton; opt-in (``TRITON_ON_CUDA``)
 ============  ==================================================================================
 
 :func:`resolve_backend` is the single place that decides which one runs. ``backend='auto'`` takes
@@ -24,15 +24,21 @@ context     device     dtype               dropout  backend
 export      any        any                 any      ``unrolled`` (``torch.export``, ONNX, ``torch.jit.trace``)
 compile     CPU        any                 0        ``native``; ``reference`` without the kernel
 compile     CPU        any                 > 0      ``reference``
-compile     not CPU    fp16 / bf16 / fp32  0        ``flex``
+compile     not CPU    fp16 / bf16 / fp32  0        ``triton`` where it takes CUDA calls (below); else ``flex``
 compile     not CPU    fp64, or dropout    any      ``reference``
 eager       CPU        any                 0        ``native``; ``tiles`` without the kernel
 eager       CPU        any                 > 0      ``tiles``
 eager       CUDA       fp16 / bf16 / fp32  0        ``natten`` when installed and the call has no rpb /
-                                                    valid_size; else ``flex``
+                                                    valid_size; else ``triton`` where it takes CUDA
+                                                    calls; else ``flex``
 eager       CUDA       fp64, or dropout    any      ``tiles``
 eager       other      any                 any      ``tiles``
 ==========  =========  ==================  =======  ==================================================
+
+"``triton`` takes CUDA calls": :data:`TRITON_ON_CUDA` is set, triton is installed and its kernels
+cover the call (1-D to 3-D, stride 1, not causal). :data:`TRITON_ON_CUDA` stays ``False`` (``triton``
+opt-in) until ``tools/analysis_tools/gpu_check.py`` has passed on a GPU and the change recording that
+report sets it.
 
 (``compile``: under ``torch.compile``, where the ``tiles`` autograd Function does not trace; the
 ``native`` and ``triton`` kernels are custom ops, traced without graph breaks. "without the kernel":
@@ -64,6 +70,8 @@ from .backends.tiles import na_tiles
 from .backends.unrolled import na_unrolled
 from .indexing import AxisSpec
 
+#: Whether ``backend='auto'`` gives CUDA calls to the fused ``triton`` kernels (see the table above).
+TRITON_ON_CUDA = False
 BACKENDS = ('auto', 'reference', 'unrolled', 'native', 'tiles', 'flex', 'natten', 'triton')
 #: Former names ``{old: what to use instead}``, still accepted with a ``DeprecationWarning``.
 #: Former backend names and what replaced them (refused with this text: a name must mean one implementation).
@@ -238,6 +246,12 @@ def _obstacle(backend: str, query: Tensor, rpb: Tensor | None, axes: tuple[AxisS
     return None
 
 
+def _triton_takes(device: str, axes: tuple[AxisSpec, ...]) -> bool:
+    """Whether ``backend='auto'`` gives this (fp16 / bf16 / fp32, dropout-free) call to ``triton``."""
+    return (TRITON_ON_CUDA and device == 'cuda' and triton_available()
+            and triton_backend.supports(axes) is None)
+
+
 def resolve_backend(backend: str, query: Tensor, rpb: Tensor | None, axes: tuple[AxisSpec, ...],
                     dropout_p: float) -> str:
     """The backend that runs this call: ``backend`` itself when it can, the module docstring's table
@@ -259,13 +273,17 @@ def resolve_backend(backend: str, query: Tensor, rpb: Tensor | None, axes: tuple
         if torch.compiler.is_compiling():  # the tiles autograd Function does not trace: custom op or reference
             if device == 'cpu':
                 return 'native' if dropout_p == 0 and native_available() else 'reference'
-            return 'flex' if dropout_p == 0 and not wide else 'reference'
+            if dropout_p > 0 or wide:
+                return 'reference'
+            return 'triton' if _triton_takes(device, axes) else 'flex'
         if device == 'cpu':
             return 'native' if dropout_p == 0 and native_available() else 'tiles'
         if device != 'cuda' or dropout_p > 0 or wide:
             return 'tiles'
         plain = rpb is None and all(ax.valid is None for ax in axes)
-        return 'natten' if plain and natten_available() else 'flex'
+        if plain and natten_available():
+            return 'natten'
+        return 'triton' if _triton_takes(device, axes) else 'flex'
     obstacle = _obstacle(backend, query, rpb, axes, dropout_p)
     if obstacle is None:
         return backend
