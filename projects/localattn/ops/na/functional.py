@@ -57,7 +57,6 @@ from __future__ import annotations
 import functools
 import importlib
 import importlib.util
-import os
 from typing import Sequence, Union
 
 import torch
@@ -202,7 +201,7 @@ def triton_available() -> bool:
 @_constant_under_compile
 def _triton_interpreting() -> bool:
     """``TRITON_INTERPRET=1``: the triton kernels run on CPU tensors (the test suite's way)."""
-    return os.environ.get('TRITON_INTERPRET', '0') == '1'
+    return triton_backend.interpreting()
 
 
 def _natten(query: Tensor, key: Tensor, value: Tensor, axes: tuple[AxisSpec, ...], scale: float) -> Tensor:

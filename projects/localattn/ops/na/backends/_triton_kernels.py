@@ -237,6 +237,22 @@ def _logits(q, kt, kr, kc, kbias, sy, sx, qbias, kyk, kxk, rpb_h, scale2,
 
 
 @triton.jit
+def _query_side(Q, q_base, sqz, sqy, sqx, gz, gy, gx, dz, dy, dx, qz, y0, x0, qy, qx, q_ok, lgz, lgy, lgx,
+                kzk, kyk, kxk, D: tl.constexpr, BD: tl.constexpr, TQH: tl.constexpr, TQW: tl.constexpr,
+                KRH: tl.constexpr, KW: tl.constexpr):
+    """What a forward / dq program walks from: its query tile (global depth, window starts, RPB index
+    term, lanes, global rows / columns, load mask, queries), the key box its windows cover and its
+    ``n_r x n_c`` blocks, the RPB plane size and the first key depth of the depth window."""
+    gq_z = gz + dz * qz
+    sy, sx, qbias, d, d_ok, gq_y, gq_x, qmask, q = _query_tile(Q, q_base + gq_z * sqz, sqy, sqx, gy, gx, dy, dx,
+                                                               qy, qx, q_ok, lgy, lgx, kyk, kxk, D, BD)
+    r_lo, r_hi, c_lo, c_hi = _key_box(y0, x0, lgy, lgx, kyk, kxk, TQH, TQW)
+    n_r, n_c = _box_steps(r_lo, r_hi, c_lo, c_hi, KRH, KW)
+    return (gq_z, sy, sx, qbias, d, d_ok, gq_y, gq_x, qmask, q, r_lo, r_hi, c_lo, c_hi, n_r, n_c,
+            (2 * kyk - 1) * (2 * kxk - 1), _window_start(qz, lgz, kzk))
+
+
+@triton.jit
 def _key_step(q, sy, sx, qbias, qz, z_lo, zi, ri, ci, r_lo, c_lo, r_hi, c_hi, K, k_base, skz, sky, skx, RPB, h,
               gz, gy, gx, dz, dy, dx, Vz, Vy, Vx, kzk, kyk, kxk, rpb_plane, scale2, d, d_ok,
               D: tl.constexpr, BD: tl.constexpr, KRH: tl.constexpr, KW: tl.constexpr, HAS_RPB: tl.constexpr,
@@ -271,14 +287,9 @@ def na_fwd_kernel(Q, K, V, Out, LSE, RPB,
         tl.program_id(0), Lz, Ly, Lx, dz, dy, dx, tiles_z, tiles_y, tiles_x, TQH, TQW)
     if inside:
         BQ: tl.constexpr = TQH * TQW
-        gq_z = gz + dz * qz
-        sy, sx, qbias, d, d_ok, gq_y, gq_x, qmask, q = _query_tile(Q, b * sqb + h * sqh + gq_z * sqz, sqy, sqx,
-                                                                   gy, gx, dy, dx, qy, qx, q_ok, lgy, lgx, kyk,
-                                                                   kxk, D, BD)
-        r_lo, r_hi, c_lo, c_hi = _key_box(y0, x0, lgy, lgx, kyk, kxk, TQH, TQW)
-        n_r, n_c = _box_steps(r_lo, r_hi, c_lo, c_hi, KRH, KW)
-        rpb_plane = (2 * kyk - 1) * (2 * kxk - 1)
-        z_lo = _window_start(qz, lgz, kzk)
+        gq_z, sy, sx, qbias, d, d_ok, gq_y, gq_x, qmask, q, r_lo, r_hi, c_lo, c_hi, n_r, n_c, rpb_plane, z_lo = \
+            _query_side(Q, b * sqb + h * sqh, sqz, sqy, sqx, gz, gy, gx, dz, dy, dx, qz, y0, x0, qy, qx, q_ok,
+                        lgz, lgy, lgx, kzk, kyk, kxk, D, BD, TQH, TQW, KRH, KW)
         m = tl.full([BQ], float('-inf'), tl.float32)
         denom = tl.zeros([BQ], tl.float32)
         acc = tl.zeros([BQ, BD], tl.float32)
@@ -355,10 +366,9 @@ def na_bwd_dq_kernel(Q, K, V, Out, DO, LSE, DELTA, RPB, DQ, DRPB,
         pid, Lz, Ly, Lx, dz, dy, dx, tiles_z, tiles_y, tiles_x, TQH, TQW)
     if inside:
         BQ: tl.constexpr = TQH * TQW
-        gq_z = gz + dz * qz
-        sy, sx, qbias, d, d_ok, gq_y, gq_x, qmask, q = _query_tile(Q, b * sqb + h * sqh + gq_z * sqz, sqy, sqx,
-                                                                   gy, gx, dy, dx, qy, qx, q_ok, lgy, lgx, kyk,
-                                                                   kxk, D, BD)
+        gq_z, sy, sx, qbias, d, d_ok, gq_y, gq_x, qmask, q, r_lo, r_hi, c_lo, c_hi, n_r, n_c, rpb_plane, z_lo = \
+            _query_side(Q, b * sqb + h * sqh, sqz, sqy, sqx, gz, gy, gx, dz, dy, dx, qz, y0, x0, qy, qx, q_ok,
+                        lgz, lgy, lgx, kzk, kyk, kxk, D, BD, TQH, TQW, KRH, KW)
         do = tl.load(DO + b * sdb + h * sdh + gq_z * sdz + (gq_y * sdy + gq_x * sdx)[:, None] + d[None, :],
                      mask=qmask, other=0.)
         stat = ((b * heads + h) * Lz + gq_z) * Ly * Lx + gq_y * Lx + gq_x
@@ -367,12 +377,8 @@ def na_bwd_dq_kernel(Q, K, V, Out, DO, LSE, DELTA, RPB, DQ, DRPB,
         o = tl.load(Out + dense, mask=qmask, other=0.)
         delta = tl.sum(do.to(tl.float32) * o.to(tl.float32), 1)
         tl.store(DELTA + stat, delta, mask=q_ok)
-        r_lo, r_hi, c_lo, c_hi = _key_box(y0, x0, lgy, lgx, kyk, kxk, TQH, TQW)
-        n_r, n_c = _box_steps(r_lo, r_hi, c_lo, c_hi, KRH, KW)
         rx_n = 2 * kxk - 1
         ry_n = 2 * kyk - 1
-        rpb_plane = ry_n * rx_n
-        z_lo = _window_start(qz, lgz, kzk)
         rel_y = tl.arange(0, RPY)
         rel = tl.arange(0, KW)
         bins = DRPB + ((pid.to(tl.int64) * tl.num_programs(2) + b) * heads + h) * (2 * kzk - 1) * rpb_plane + (

@@ -33,7 +33,8 @@ LOG2E = 1.4426950408889634  # log2(e): the kernels work in base 2
 KERNELS = ('na_fwd_kernel', 'na_bwd_dq_kernel', 'na_bwd_dkdv_kernel')
 
 
-def _interpreting() -> bool:
+def interpreting() -> bool:
+    """``TRITON_INTERPRET=1``: the kernels run on CPU tensors through Triton's interpreter."""
     return os.environ.get('TRITON_INTERPRET', '0') == '1'
 
 
@@ -46,7 +47,7 @@ def _installed() -> tuple[bool, bool]:
 def available() -> bool:
     """Whether the kernels can run here: triton importable and a CUDA device (or the interpreter)."""
     has_triton, has_cuda = _installed()
-    return has_triton and (has_cuda or _interpreting())
+    return has_triton and (has_cuda or interpreting())
 
 
 def supports(axes: tuple[AxisSpec, ...], dropout_p: float = 0.0) -> str | None:
@@ -247,7 +248,7 @@ def _forward(query: Tensor, key: Tensor, value: Tensor, rpb: Tensor | None, axes
             q, k, v, out, lse, _bias_table(rpb, q.device), *_strides(q), *_strides(k), *_strides(v),
             *_strides(out), *sizes, scale * LOG2E,
             D=dim, BD=max(16, _pow2(dim)), TQH=t.tqh, TQW=t.tqw, KRH=t.krh, KW=t.kw,
-            HAS_RPB=rpb is not None, IEEE=q.dtype == torch.float32, UPCAST=_interpreting(), DEPTH=n == 3,
+            HAS_RPB=rpb is not None, IEEE=q.dtype == torch.float32, UPCAST=interpreting(), DEPTH=n == 3,
             **launch_options(t))
     return _unview(out, n), lse
 
@@ -270,7 +271,7 @@ def _backward(grad_out: Tensor, query: Tensor, key: Tensor, value: Tensor, rpb: 
                        device=q.device)
     bias = _bias_table(rpb, q.device)
     common = dict(D=dim, BD=max(16, _pow2(dim)), HAS_RPB=rpb is not None, IEEE=q.dtype == torch.float32,
-                  UPCAST=_interpreting(), DEPTH=n == 3, **launch_options(t))
+                  UPCAST=interpreting(), DEPTH=n == 3, **launch_options(t))
     strides = (*_strides(q), *_strides(k), *_strides(v), *_strides(do))
     kern = _kernels()
     with _device(q):
