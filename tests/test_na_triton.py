@@ -483,3 +483,32 @@ def test_kernels_compile_for_hopper(dtype, one_d, depth):
         module = src.make_ir(target, options, backend.get_codegen_implementation(options),
                              backend.get_module_map(), context)
         assert 'tt.dot' in str(module)
+
+
+class _FakeProbe:
+    """Stands in for ``interpreter_probe_kernel``: ``[grid](out, n)`` raises or stores ``result``."""
+
+    def __init__(self, error=None, result=None):
+        self.error, self.result = error, result
+
+    def __getitem__(self, grid):
+        def launch(out, n):
+            if self.error is not None:
+                raise self.error
+            out.fill_(n if self.result is None else self.result)
+        return launch
+
+
+@pytest.mark.parametrize('fake, match', [
+    (_FakeProbe(error=TypeError('only 0-dimensional arrays can be converted to Python scalars')),
+     r'cannot run a loop .* numpy .*triton>=3\.7'),
+    (_FakeProbe(result=1), 'ran a 3-step loop 1 times')])
+def test_interpreter_probe_names_the_incompatibility(monkeypatch, fake, match):
+    """Triton 3.6's interpreter fails every kernel under numpy 2.4 from deep inside; the backend's
+    one-time probe turns that into an error naming both versions and the fix."""
+    from localattn.ops.na.backends import _triton_kernels as kernels
+    monkeypatch.setattr(kernels, 'interpreter_probe_kernel', fake)
+    with pytest.raises(RuntimeError, match=match):
+        tri._interpreter_runs_loops.__wrapped__()
+    monkeypatch.setattr(kernels, 'interpreter_probe_kernel', _FakeProbe())
+    assert tri._interpreter_runs_loops.__wrapped__() is None

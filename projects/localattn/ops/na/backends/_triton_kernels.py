@@ -503,3 +503,13 @@ def na_bwd_dkdv_kernel(Q, K, V, DO, LSE, DELTA, RPB, DK, DV,
         omask = _lanes(k_in, d_ok, D, BD, False)
         tl.store(DK + out, (dk * scale).to(DK.dtype.element_ty), mask=omask)
         tl.store(DV + out, dv.to(DV.dtype.element_ty), mask=omask)
+
+
+@triton.jit
+def interpreter_probe_kernel(Out, n):
+    """``Out[0] = n`` by a loop of ``n`` steps: :func:`.triton._interpreter_runs_loops` runs it once under
+    ``TRITON_INTERPRET=1`` (never compiled for a GPU)."""
+    count = n * 0
+    for _ in range(n):
+        count += 1
+    tl.store(Out, count)

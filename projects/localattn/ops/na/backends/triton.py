@@ -218,7 +218,33 @@ def _bias_table(rpb: Tensor | None, device) -> Tensor:
 
 def _kernels():
     from . import _triton_kernels
+    if interpreting():
+        _interpreter_runs_loops()
     return _triton_kernels
+
+
+@functools.lru_cache(maxsize=1)
+def _interpreter_runs_loops() -> None:
+    """Raise if Triton's interpreter cannot run a loop with a run-time bound, as every kernel here does.
+
+    Triton 3.6's interpreter turns a loop bound into an integer with ``int()`` of a 1-element array,
+    which numpy 2.4 refuses (``TypeError: only 0-dimensional arrays can be converted to Python
+    scalars``, raised from inside the first kernel); Triton 3.7 does not. A one-program probe, run once,
+    turns that into an error that names the versions and the way out.
+    """
+    from . import _triton_kernels
+    out = torch.zeros(1, dtype=torch.int32)
+    try:
+        _triton_kernels.interpreter_probe_kernel[(1,)](out, 3)
+    except Exception as e:  # noqa: BLE001 - any failure of the probe is reported the same way
+        import numpy
+        import triton
+        raise RuntimeError(
+            f'TRITON_INTERPRET=1: Triton {triton.__version__}\'s interpreter cannot run a loop with a run-time '
+            f'bound under numpy {numpy.__version__} ({e.__cause__ or e!r}); the triton NA kernels need one. '
+            'Use triton>=3.7, or numpy<2.4 with triton 3.6.') from e
+    if out.item() != 3:
+        raise RuntimeError(f'TRITON_INTERPRET=1: Triton\'s interpreter ran a 3-step loop {out.item()} times')
 
 
 def _unview(x: Tensor, n: int) -> Tensor:
