@@ -512,3 +512,75 @@ def test_interpreter_probe_names_the_incompatibility(monkeypatch, fake, match):
         tri._interpreter_runs_loops.__wrapped__()
     monkeypatch.setattr(kernels, 'interpreter_probe_kernel', _FakeProbe())
     assert tri._interpreter_runs_loops.__wrapped__() is None
+
+
+def _compile_keys(monkeypatch, calls) -> dict[str, set[str]]:
+    """Run ``calls`` (each launches the kernels through the backend) with the launches replaced by
+    Triton's own argument binder for sm90: ``{kernel: {specialisation key}}``, the keys Triton's launch
+    would look its compile cache up with (argument types, divisibility / alignment specialisation,
+    constexprs, launch options). A new key on a GPU is a new compilation."""
+    import copy
+    import types
+    try:
+        from triton.backends.compiler import GPUTarget
+        from triton.compiler.compiler import make_backend
+        from triton.runtime.jit import create_function_from_signature
+    except ImportError as e:  # pragma: no cover - another triton layout
+        pytest.skip(f'triton runtime internals moved: {e}')
+    from localattn.ops.na.backends import _triton_kernels as kernels
+    backend = make_backend(GPUTarget('cuda', 90, 32))
+    keys: dict[str, set[str]] = {name: set() for name in tri.KERNELS}
+
+    class Recorder:
+        def __init__(self, name):
+            fn = getattr(kernels, name)
+            self.name = name
+            self.binder = create_function_from_signature(fn.signature, [copy.copy(p) for p in fn.params], backend)
+
+        def __getitem__(self, grid):
+            def launch(*args, **kwargs):
+                _, spec, options = self.binder(*args, **kwargs)
+                keys[self.name].add(repr((spec, sorted(options.items()))))
+            return launch
+
+    monkeypatch.setattr(tri, '_kernels', lambda: types.SimpleNamespace(**{n: Recorder(n) for n in tri.KERNELS}))
+    for call in calls:
+        call()
+    return keys
+
+
+def _fwd_bwd(q, k, v, rpb, axes):
+    def call():
+        out, lse = tri._forward(q, k, v, rpb, axes, 0.125)
+        tri._backward(torch.empty_like(out), q, k, v, rpb, out, lse, axes, 0.125)
+    return call
+
+
+@pytest.mark.parametrize('ndim, dtype', [(2, torch.float32), (2, torch.bfloat16), (1, torch.bfloat16),
+                                         (3, torch.bfloat16)])
+def test_one_compilation_for_every_input_size(monkeypatch, ndim, dtype):
+    """Sizes are run-time arguments: 20 input sizes give each kernel one compile key, for contiguous
+    q/k/v and for the slices of a fused qkv projection the NA layers pass, with and without dilation.
+    2-D: the stage-1 maps of detection inputs (odd and even, 120-336 tokens a side); 1-D: 100-1000
+    tokens; 3-D: 4-9 x 10-40 x 10-40. (Without the kernels' ``do_not_specialize`` the 2-D calls give 7
+    keys per kernel: Triton specialises integers on divisibility by 16.)"""
+    rng = random.Random(ndim)
+    calls = []
+    for i in range(20):
+        if ndim == 2:
+            shape = (rng.randrange(480, 1345, 32) // 4 + i % 2, rng.randrange(480, 1345, 32) // 4)
+        elif ndim == 1:
+            shape = (rng.randrange(100, 1000),)
+        else:
+            shape = (rng.randrange(4, 10), rng.randrange(10, 41), rng.randrange(10, 41))
+        kernel = (3,) * (ndim == 3) + (7,) * min(ndim, 2)
+        dil = [1] * ndim if i % 3 else [max(1, n // k) for n, k in zip(shape, kernel)]
+        axes = tuple(AxisSpec(n, k, d) for n, k, d in zip(shape, kernel, dil))
+        rpb = torch.randn(2, *(2 * k - 1 for k in kernel))
+        if i % 2:
+            q, k, v = torch.empty(1, *shape, 3, 2, 32, dtype=dtype).unbind(-3)
+        else:
+            q, k, v = (torch.empty(1, *shape, 2, 32, dtype=dtype) for _ in range(3))
+        calls.append(_fwd_bwd(q, k, v, rpb, axes))
+    keys = _compile_keys(monkeypatch, calls)
+    assert {name: len(k) for name, k in keys.items()} == {name: 1 for name in tri.KERNELS}, keys
