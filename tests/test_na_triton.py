@@ -231,6 +231,19 @@ def check_public_op_and_strided_inputs():
     g2 = torch.autograd.grad(ref.square().sum(), [qkv, rpb])
     for a, b in zip(g1, g2):
         torch.testing.assert_close(a, b, rtol=1e-5, atol=1e-5)
+    # the backward with out, lse and grad_out in other strides than the forward's (a caller of the
+    # custom op may hand such in): the same gradients
+    q, k, v = (torch.randn(1, 9, 10, 2, 16) for _ in range(3))
+    axes = (AxisSpec(9, 5), AxisSpec(10, 5, 2))
+    rpb = torch.randn(2, 9, 9)
+    out, lse = tri._forward(q, k, v, rpb, axes, 0.25)
+    go = torch.randn_like(out)
+    want = tri._backward(go, q, k, v, rpb, out, lse, axes, 0.25)
+    got = tri._backward(go.transpose(1, 2).contiguous().transpose(1, 2), q, k, v, rpb,
+                        out.transpose(1, 2).contiguous().transpose(1, 2),
+                        lse.transpose(3, 4).contiguous().transpose(3, 4), axes, 0.25)
+    for a, b in zip(got, want):
+        torch.testing.assert_close(a, b, rtol=0, atol=0)
 
 
 def check_rpb_reads_stay_in_the_table():

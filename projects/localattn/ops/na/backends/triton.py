@@ -283,7 +283,10 @@ def _backward(grad_out: Tensor, query: Tensor, key: Tensor, value: Tensor, rpb: 
               lse: Tensor, axes: tuple[AxisSpec, ...], scale: float) -> tuple[Tensor, Tensor, Tensor, Tensor | None]:
     """Backward kernels: ``(dq, dk, dv, drpb)`` (contiguous; ``drpb`` is ``None`` without ``rpb``)."""
     n = len(axes)
-    q, k, v, o = (_view_3d(x, n) for x in (query, key, value, out))
+    q, k, v = (_view_3d(x, n) for x in (query, key, value))
+    # the dq kernel reads the forward's out and lse densely: a no-op for what the forward returned,
+    # a copy for anything else (e.g. a caller of the custom op handing in a strided out)
+    o, lse = _view_3d(out, n).contiguous(), lse.contiguous()
     b, heads, dim = q.shape[0], q.shape[-2], q.shape[-1]
     az, ay, ax, t = _geometry(axes, dim)
     do = _view_3d(grad_out if grad_out.dtype == q.dtype else grad_out.to(q.dtype), n)
