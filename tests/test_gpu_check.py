@@ -40,7 +40,7 @@ def test_quick_cpu_run_writes_a_complete_report(tmp_path):
     # launch settings of the triton kernels: each candidate timed and checked against the current one
     tuning = by_section['triton_tuning']
     labels = {r['backend'] for r in tuning}
-    assert len(labels) == 2 and all(r['status'] == '' for r in tuning)
+    assert labels == {'triton 32:4:2', 'triton 32:1:2@2x8'} and all(r['status'] == '' for r in tuning)
     assert sum(r['metric'] == 'ms' for r in tuning) == 2
     assert all(float(r['note'].rsplit(': ', 1)[1]) < 1e-5 for r in tuning if r['metric'] == 'fwd+bwd ms')
     # bf16-autocast training steps of NAT, DiNAT (triton) and QnA-ViT
@@ -58,7 +58,8 @@ def test_quick_cpu_run_writes_a_complete_report(tmp_path):
     report = (tmp_path / 'gpu_check.md').read_text()
     assert '## correctness' in report and '## summary' in report and '0 FAIL rows' in report
     assert 'fastest: ' in report
-    assert '| triton TUNING at start | <=64: ' in report and '| triton TUNING at the end | <=64: ' in report
+    assert '| triton TUNING at start | <=32: 32:4:2, <=64: 32:4:2, <=128: 32:8:2 |' in report
+    assert '| triton TUNING at the end | <=32: ' in report
     assert (tmp_path / 'gpu_check.json').exists()
 
 

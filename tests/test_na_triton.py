@@ -103,17 +103,35 @@ STEP_CASES = [c for c in FP32_CASES if len(c['shape']) == 2 and max(c['kernel'])
 OTHER_STEPS = (1, 64, 128)
 
 
-def run_with_step_keys(case: dict, step_keys: int) -> list[float]:
-    """run_case with the launch settings' ``step_keys`` replaced (worker side)."""
+# the smaller tiles the tuning may pick (rows x columns of query and key tiles, with their warps):
+# 2-D cases (k <= 8), a 2-D case with k > 8, a dilated one with valid_size, and 3-D
+TILES = ((4, 8), (2, 8))
+TILE_CASES = STEP_CASES + [make_case((13, 11), (9, 5), (1, 2), dim=32),
+                           make_case((11, 14), 3, (2, 3), valid=(9, 13)), CASES_3D[0]]
+
+
+def run_with_settings(case: dict, **settings) -> list[float]:
+    """run_case with the launch settings of the case's head dim replaced by ``settings`` (worker side)."""
     entry = tri.tuning_for(case['dim'])
     saved = dict(entry)
-    entry['step_keys'] = step_keys
+    entry.update(settings)
     try:
-        assert (tri.tiling(*case['kernel'], case['dim']).krh > 1) == (step_keys > 16)  # kw = 16 at k <= 8
         return run_case(case, torch.float32)
     finally:
         entry.clear()
         entry.update(saved)
+
+
+def run_with_step_keys(case: dict, step_keys: int) -> list[float]:
+    """run_case with the launch settings' ``step_keys`` replaced (worker side)."""
+    assert (tri.tiling(*case['kernel'], case['dim'], step_keys=step_keys).krh > 1) == (step_keys > 16)  # kw = 16
+    return run_with_settings(case, step_keys=step_keys)
+
+
+def run_with_tile(case: dict, tile: tuple[int, int]) -> list[float]:
+    """run_case with query / key tiles of ``tile`` (and as many warps as gpu_check's candidates give it)."""
+    assert tri.tiling(*case['kernel'][-2:], case['dim'], tile=tile).tqh == (tile[0] if len(case['kernel']) > 1 else 1)
+    return run_with_settings(case, tile=tile, warps=max(1, tile[0] * tile[1] // 16))
 
 
 def test_configs_cover_the_acceptance_ranges():
@@ -181,6 +199,15 @@ def test_3d_configs_cover_depth():
 @pytest.mark.parametrize('i', range(len(STEP_CASES)), ids=[_case_id(c) for c in STEP_CASES])
 def test_other_block_sizes_equal_reference(worker, i, step_keys):
     errs = worker[f'step{step_keys}/{i}']
+    assert isinstance(errs, list) and max(errs) < 1e-5, errs
+
+
+@pytest.mark.parametrize('tile', TILES, ids=[f'{r}x{c}' for r, c in TILES])
+@pytest.mark.parametrize('i', range(len(TILE_CASES)), ids=[_case_id(c) for c in TILE_CASES])
+def test_other_tiles_equal_reference(worker, i, tile):
+    """The query / key tiles gpu_check's tuning may pick (4x8 on 2 warps, 2x8 on 1): out, dq, dk, dv,
+    d(rpb) within 1e-5 of the fp64 reference, 2-D (k up to 9, dilation, valid_size) and 3-D."""
+    errs = worker[f'tile{tile[0]}x{tile[1]}/{i}']
     assert isinstance(errs, list) and max(errs) < 1e-5, errs
 
 
@@ -409,6 +436,23 @@ def test_tiling_blocks():
     assert tri.tiling(7, 7, warps=4, stages=3, maxnreg=128)[-3:] == (4, 3, 128)
     with pytest.raises(ValueError, match='step_keys'):
         tri.tiling(7, 7, rows=2)
+    # tiles: query and key tiles of 2-D / 3-D calls; 1-D keeps its row of 32
+    t = tri.tiling(7, 7, tile=(4, 8))
+    assert (t.tqh, t.tqw, t.tkh, t.tkw) == (4, 8, 4, 8) and t.kw == 16 and t.qw == 16
+    assert tri.tiling(1, 7, tile=(2, 8))[:2] == (1, 32)
+    assert tri.tiling(7, 7, tile=[2, 8]).tqh == 2  # any pair of ints
+    for bad in ((3, 8), (2, 4), (32, 16), (8,), 'x', (8, 64)):
+        with pytest.raises(ValueError, match=r'tile must be \(rows, columns\)'):
+            tri.tiling(7, 7, tile=bad)
+
+
+def test_smaller_tiles_compute_fewer_pairs():
+    """The point of smaller tiles: at k = 7 on NAT's stage-1 map, 8x8 computes 4.4x the pairs NA needs,
+    4x8 3.2x, 2x8 2.6x (the key box per query shrinks; the kernels mask the rest)."""
+    axes = (AxisSpec(56, 7), AxisSpec(56, 7))
+    needed = 56 * 56 * 49
+    ratios = [tri.computed_pairs(axes, tile=tile) / needed for tile in ((8, 8), (4, 8), (2, 8))]
+    assert [round(r, 1) for r in ratios] == [4.4, 3.2, 2.6]
 
 
 def test_tuning_by_head_dim():
@@ -443,6 +487,9 @@ def _worker_main() -> None:
     for step_keys in OTHER_STEPS:
         for i, case in enumerate(STEP_CASES):
             attempt(f'step{step_keys}/{i}', lambda: run_with_step_keys(case, step_keys))
+    for tile in TILES:
+        for i, case in enumerate(TILE_CASES):
+            attempt(f'tile{tile[0]}x{tile[1]}/{i}', lambda: run_with_tile(case, tile))
     attempt('public', lambda: (check_public_op_and_strided_inputs(), 'ok')[1])
     attempt('no_keys', lambda: (check_queries_without_keys(), 'ok')[1])
     attempt('compile', lambda: (check_compile_and_opcheck(), 'ok')[1])

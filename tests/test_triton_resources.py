@@ -76,10 +76,27 @@ def test_occupancy_and_argument_checks(tool):
     assert tool.warps_per_sm(128, 8, 20_000) == 16  # 2 blocks of 8 warps fit 65536 registers
     assert tool.warps_per_sm(130, 8, 20_000) == 8  # 130 -> 136 per thread after rounding: 1 block
     assert tool.warps_per_sm(64, 4, 100_000) == 8  # shared memory bounds it: 2 blocks
-    assert tool.parse_tuning('64:4:3') == dict(step_keys=64, warps=4, stages=3, maxnreg=None)
-    assert tool.tuning_label(tool.parse_tuning('32:8:2:128')) == '32:8:2:128'
-    for bad in ('32:8', '32:6:2', 'a:b:c', '32:8:2:300'):
+    assert tool.parse_tuning('64:4:3') == dict(tile=(8, 8), step_keys=64, warps=4, stages=3, maxnreg=None)
+    assert tool.parse_tuning('32:1:2@2x8') == dict(tile=(2, 8), step_keys=32, warps=1, stages=2, maxnreg=None)
+    for text in ('32:8:2:128', '32:2:2@4x8', '32:2:2:96@4x8', '32:4:2'):
+        assert tool.tuning_label(tool.parse_tuning(text)) == text
+    assert tool.tuning_label(tool.parse_tuning('32:4:2@8x8')) == '32:4:2'  # 8x8: the default tile
+    for bad in ('32:8', '32:6:2', 'a:b:c', '32:8:2:300', '32:4:2@3x8', '32:4:2@2x4', '32:4:2@8', '32:4:2@axb'):
         with pytest.raises(Exception, match='tuning'):
             tool.parse_tuning(bad)
     for text in tool.CANDIDATES:
         tool.parse_tuning(text)
+
+
+def test_smaller_tiles_cost_fewer_instructions_per_needed_pair(tool):
+    """What the tile candidates of the tuning grid rest on (head dim 32, k = 7): 4x8 tiles on 2 warps and
+    2x8 on 1 compile without spills and spend fewer loop instructions per pair NA needs than the 8x8
+    default on 4 warps, in every kernel (fewer pairs computed, about the same cost per computed pair)."""
+    rows = tool.measure([tool.parse_tuning(t) for t in ('32:4:2', '32:2:2@4x8', '32:1:2@2x8')], [32], 'bf16', 7,
+                        90)
+    cost = {(r['tile'], r['kernel']): r['instructions_per_needed_pair'] for r in rows}
+    waste = {r['tile']: r['computed_per_needed'] for r in rows}
+    assert waste == {'8x8': 4.38, '4x8': 3.17, '2x8': 2.61}
+    assert all(r['spill_stores'] == r['spill_loads'] == 0 for r in rows)
+    for name in tool.KERNELS:
+        assert cost[('2x8', name)] < cost[('4x8', name)] < cost[('8x8', name)], (name, cost)

@@ -433,13 +433,15 @@ def section_triton_tuning(rep, torch, na, device, quick, deadline, timer) -> Non
     report says which; the entry of ``TUNING`` in ``ops/na/backends/triton.py`` serving head dim 32 is
     the place to make it the default)."""
     from localattn.ops.na.backends import triton as tri
-    sys.path.insert(0, str(Path(__file__).resolve().parent))
-    from triton_resources import CANDIDATES, parse_tuning, tuning_label
+    resources = _resources()
+    CANDIDATES, parse_tuning, tuning_label = resources.CANDIDATES, resources.parse_tuning, resources.tuning_label
     sec = 'triton_tuning'
+    # the tuning gets at most a third of what is left, so the backbone sections after it still run
+    deadline = min(deadline, time.perf_counter() + (deadline - time.perf_counter()) / 3)
     k, dim = 7, 32
     current = tri.tuning_for(dim)  # the entry itself: updating it changes what the backend launches
     start = dict(current)
-    candidates = [start] + [c for c in map(parse_tuning, CANDIDATES[:1] if quick else CANDIDATES) if c != start]
+    candidates = [start] + [c for c in map(parse_tuning, CANDIDATES[-1:] if quick else CANDIDATES) if c != start]
     shapes = QUICK_TUNING_SHAPES if quick else TUNING_SHAPES
     dtype = torch.bfloat16 if device == 'cuda' else torch.float32
     inputs, baseline, totals = {}, {}, {}
@@ -530,11 +532,20 @@ def environment(torch, device: str) -> dict:
     return env
 
 
+def _resources():
+    """``triton_resources.py`` (beside this file): the tuning grid and its labels."""
+    here = str(Path(__file__).resolve().parent)
+    if here not in sys.path:
+        sys.path.insert(0, here)
+    import triton_resources
+    return triton_resources
+
+
 def tuning_summary() -> str:
-    """The triton backend's launch settings by head-dim bound, e.g. ``<=64: 32:4:2, <=128: 32:8:2``."""
+    """The triton backend's launch settings by head-dim bound, e.g. ``<=32: 32:1:2@2x8, <=64: 32:4:2``."""
     from localattn.ops.na.backends import triton as tri
-    return ', '.join(f"<={bound}: {c['step_keys']}:{c['warps']}:{c['stages']}"
-                     + (f":{c['maxnreg']}" if c.get('maxnreg') else '') for bound, c in sorted(tri.TUNING.items()))
+    label = _resources().tuning_label
+    return ', '.join(f'<={bound}: {label(c)}' for bound, c in sorted(tri.TUNING.items()))
 
 
 def main(argv=None) -> int:

@@ -4,17 +4,19 @@
 Usage::
 
     python tools/analysis_tools/triton_resources.py [--out DIR] [--dims 32 64] [--dtype bf16]
-    python tools/analysis_tools/triton_resources.py --tunings 1:4:3 32:8:2 64:8:2 --kernel-size 7
+    python tools/analysis_tools/triton_resources.py --tunings 1:4:3 32:8:2 32:1:2@2x8 --kernel-size 7
     python tools/analysis_tools/triton_resources.py --defaults --dims 16 32 64 128
     python tools/analysis_tools/triton_resources.py --quick
 
 Triton compiles the kernels for a target architecture (default ``sm90``, the H100/H200) on a machine
 without a GPU, and the ``ptxas`` shipped with Triton reports what each kernel uses per thread
-(``ptxas -v``). For every tuning ``STEP_KEYS:WARPS:STAGES`` (see ``TUNING`` in
+(``ptxas -v``). For every tuning ``STEP_KEYS:WARPS:STAGES[:MAXNREG][@ROWSxCOLS]`` (see ``TUNING`` in
 ``ops/na/backends/triton.py``; ``--defaults``: its entry for each head dim), head dim and kernel this
 prints registers, bytes spilled to local memory, shared memory, the resident warps per SM those allow,
 and the PTX instructions of the inner loop per step, also per computed query-key pair (all threads of
-the block: ``loop x 32 x warps / pairs``), the cost that bounds these kernels at small head dims.
+the block: ``loop x 32 x warps / pairs``), the cost that bounds these kernels at small head dims, and
+per pair NA needs (times the computed / needed pairs of the tiling on a 56x56 map), which is what
+compares tile shapes.
 Spills are the solid signal: a spilling kernel moves its working set through local memory on every
 step. Register counts are what ``ptxas`` chose under its cap (255, or fewer when the block is larger),
 not a minimum, so compare them loosely. Instruction counts are static (PTX, one loop iteration), not
@@ -40,44 +42,58 @@ except ImportError:  # running from a source checkout that was not pip-installed
     sys.path.insert(0, osp.join(osp.dirname(osp.dirname(osp.dirname(osp.abspath(__file__)))), 'projects'))
 
 from localattn.ops.na.backends.triton import KERNELS  # noqa: E402
+from localattn.ops.na.indexing import AxisSpec  # noqa: E402
 
 #: per-SM limits of sm90 (H100 / H200): registers, warps, shared memory, blocks
 SM90 = dict(regs=65536, warps=64, shared=227 * 1024, blocks=32)
-FIELDS = ('kernel', 'ndim', 'tuning', 'step_keys', 'warps', 'stages', 'maxnreg', 'dim', 'dtype', 'kernel_size',
-          'registers', 'spill_stores', 'spill_loads', 'shared_bytes', 'warps_per_sm', 'loop_instructions',
-          'pairs_per_step', 'instructions_per_pair', 'compile_s')
-#: the grid compared by default (and by gpu_check.py's triton_tuning section)
-CANDIDATES = ('1:4:3', '1:4:2', '32:4:2', '32:4:3', '64:4:3', '32:8:2', '64:8:2')
+FIELDS = ('kernel', 'ndim', 'tuning', 'tile', 'step_keys', 'warps', 'stages', 'maxnreg', 'dim', 'dtype',
+          'kernel_size', 'registers', 'spill_stores', 'spill_loads', 'shared_bytes', 'warps_per_sm',
+          'loop_instructions', 'pairs_per_step', 'instructions_per_pair', 'computed_per_needed',
+          'instructions_per_needed_pair', 'compile_s')
+#: the grid compared by default (and by gpu_check.py's triton_tuning section); ``@RxC``: the tile
+CANDIDATES = ('1:4:3', '1:4:2', '32:4:2', '32:4:3', '64:4:3', '32:8:2', '64:8:2', '32:2:2@4x8', '32:1:2@2x8')
+#: map on which ``computed_per_needed`` is counted (the NAT stage-1 map of a 224 input)
+WASTE_MAP = 56
 POINTERS = {'Q', 'K', 'V', 'Out', 'DO', 'DQ', 'DK', 'DV'}
 FP32_POINTERS = {'LSE', 'DELTA', 'RPB', 'DRPB'}
 
 
 def parse_tuning(text: str) -> dict:
-    """``STEP_KEYS:WARPS:STAGES[:MAXNREG]`` -> settings of ``tiling()``."""
+    """``STEP_KEYS:WARPS:STAGES[:MAXNREG][@ROWSxCOLS]`` -> settings of ``tiling()`` (tile 8x8 unless given)."""
+    fmt = 'STEP_KEYS:WARPS:STAGES[:MAXNREG][@ROWSxCOLS] (e.g. 32:8:2, 32:8:2:128 or 32:4:2@4x8)'
+    launch, _, tile_text = text.partition('@')
     try:
-        values = [int(x) for x in text.split(':')]
-        if len(values) not in (3, 4):
+        values = [int(x) for x in launch.split(':')]
+        tile = tuple(int(x) for x in tile_text.split('x')) if tile_text else (8, 8)
+        if len(values) not in (3, 4) or len(tile) != 2:
             raise ValueError
     except ValueError:
-        raise argparse.ArgumentTypeError(
-            f'tuning must be STEP_KEYS:WARPS:STAGES[:MAXNREG] (e.g. 32:8:2 or 32:8:2:128), got {text!r}') from None
+        raise argparse.ArgumentTypeError(f'tuning must be {fmt}, got {text!r}') from None
     step, warps, stages = values[:3]
     maxnreg = values[3] if len(values) == 4 else None
     if warps not in (1, 2, 4, 8, 16) or step < 1 or stages < 1 or (maxnreg is not None and not 24 <= maxnreg <= 255):
         raise argparse.ArgumentTypeError(
             f'tuning {text!r}: warps must be a power of two <= 16, step and stages >= 1, maxnreg 24..255')
-    return dict(step_keys=step, warps=warps, stages=stages, maxnreg=maxnreg)
+    from localattn.ops.na.backends.triton import check_tile
+    try:
+        tile = check_tile(tile)
+    except ValueError as e:
+        raise argparse.ArgumentTypeError(f'tuning {text!r}: {e}') from None
+    return dict(tile=tile, step_keys=step, warps=warps, stages=stages, maxnreg=maxnreg)
 
 
 def tuning_label(settings: dict) -> str:
+    """Inverse of :func:`parse_tuning` (the tile only when it is not 8x8)."""
     label = f"{settings['step_keys']}:{settings['warps']}:{settings['stages']}"
-    return label + (f":{settings['maxnreg']}" if settings.get('maxnreg') else '')
+    label += f":{settings['maxnreg']}" if settings.get('maxnreg') else ''
+    tile = tuple(settings.get('tile', (8, 8)))
+    return label + (f'@{tile[0]}x{tile[1]}' if tile != (8, 8) else '')
 
 
 def parse_args(argv=None) -> argparse.Namespace:
     p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     p.add_argument('--tunings', nargs='+', type=parse_tuning, default=None,
-                   help='STEP_KEYS:WARPS:STAGES[:MAXNREG] (default: the grid CANDIDATES)')
+                   help='STEP_KEYS:WARPS:STAGES[:MAXNREG][@ROWSxCOLS] (default: the grid CANDIDATES)')
     p.add_argument('--defaults', action='store_true', help="the backend's TUNING entry of each head dim")
     p.add_argument('--dims', nargs='+', type=int, default=[32, 64], help='head dims (default 32 64)')
     p.add_argument('--dtype', choices=('bf16', 'fp16', 'fp32'), default='bf16')
@@ -209,6 +225,8 @@ def measure(tunings, dims, dtype: str, ksize: int, arch: int, depth: bool = Fals
             settings = dict(tri.tuning_for(dim) if chosen is None else chosen)
             label = tuning_label(settings) + (' (default)' if chosen is None else '')
             t = tri.tiling(ksize, ksize, dim, **settings)
+            square = (AxisSpec(WASTE_MAP, ksize), AxisSpec(WASTE_MAP, ksize))
+            waste = tri.computed_pairs(square, dim, **settings) / (WASTE_MAP ** 2 * ksize ** 2)
             for name in KERNELS:
                 t0 = time.perf_counter()
                 compiled = compile_kernel(name, t, dim, dtype, arch, depth)
@@ -216,11 +234,14 @@ def measure(tunings, dims, dtype: str, ksize: int, arch: int, depth: bool = Fals
                 shared = int(compiled.metadata.shared)
                 loop = loop_instructions(compiled.asm['ptx'])
                 pairs = pairs_per_step(name, t)
-                rows.append(dict(kernel=name, ndim=3 if depth else 2, tuning=label, **settings, dim=dim, dtype=dtype,
+                per_pair = loop * 32 * t.warps / pairs
+                rows.append(dict(kernel=name, ndim=3 if depth else 2, tuning=label,
+                                 **{**settings, 'tile': f'{t.tqh}x{t.tqw}'}, dim=dim, dtype=dtype,
                                  kernel_size=ksize, shared_bytes=shared,
                                  warps_per_sm=warps_per_sm(rep['registers'], t.warps, shared),
                                  loop_instructions=loop, pairs_per_step=pairs,
-                                 instructions_per_pair=round(loop * 32 * t.warps / pairs, 1),
+                                 instructions_per_pair=round(per_pair, 1), computed_per_needed=round(waste, 2),
+                                 instructions_per_needed_pair=round(per_pair * waste, 1),
                                  compile_s=round(time.perf_counter() - t0, 1), **rep))
                 print(' '.join(f'{k}={rows[-1][k]}' for k in FIELDS), flush=True)
     return rows
@@ -229,16 +250,21 @@ def measure(tunings, dims, dtype: str, ksize: int, arch: int, depth: bool = Fals
 def markdown(rows: list[dict], command: str, arch: int) -> str:
     lines = [f'# Triton NA kernels on sm_{arch}: registers, spills, shared memory', '',
              f'`{command}` (compiled on CPU with Triton\'s `ptxas -v`; no kernel ran).', '',
-             '| step_keys:warps:stages[:maxnreg] | head dim | kernel | registers | spill st/ld (B) | shared (B) '
-             '| warps/SM | loop instr. / step | pairs / step | thread instr. / pair |',
-             '|---|---|---|---|---|---|---|---|---|---|']
+             f'Computed / needed: the pairs the forward kernel computes over those NA needs on a '
+             f'{WASTE_MAP}x{WASTE_MAP} map with this tiling; the last column is the cost that decides between tile '
+             'shapes (loop instructions per pair NA needs).', '',
+             '| step_keys:warps:stages[:maxnreg][@tile] | head dim | kernel | registers | spill st/ld (B) '
+             '| shared (B) | warps/SM | loop instr. / step | pairs / step | thread instr. / pair '
+             '| computed / needed | thread instr. / needed pair |',
+             '|---|---|---|---|---|---|---|---|---|---|---|---|']
     for r in rows:
         spill = f"{r['spill_stores']}/{r['spill_loads']}"
         kernel = r['kernel'] + (' (3-D)' if r['ndim'] == 3 else '')
         lines.append(f"| {r['tuning']} | {r['dim']} | {kernel} | {r['registers']} "
                      f"| {'**' + spill + '**' if r['spill_stores'] or r['spill_loads'] else spill} "
                      f"| {r['shared_bytes']} | {r['warps_per_sm']} | {r['loop_instructions']} | {r['pairs_per_step']} "
-                     f"| {r['instructions_per_pair']} |")
+                     f"| {r['instructions_per_pair']} | {r['computed_per_needed']} "
+                     f"| {r['instructions_per_needed_pair']} |")
     spilling = {r['tuning'] for r in rows if r['spill_stores'] or r['spill_loads']}
     clean = [t for t in dict.fromkeys(r['tuning'] for r in rows) if t not in spilling]
     lines += ['', 'Tunings without spills in any kernel and head dim: ' + (', '.join(clean) or 'none') + '.']

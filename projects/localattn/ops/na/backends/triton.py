@@ -85,18 +85,27 @@ class Tiling(NamedTuple):
 
 
 #: Launch settings of the kernels by head dim: entry ``bound -> settings`` serves head dims up to
-#: ``bound`` (the largest bound serves larger ones too). ``step_keys``: keys (queries, for dk/dv) per
+#: ``bound`` (the largest bound serves larger ones too). ``tile``: rows x columns of the 2-D / 3-D
+#: query tiles (forward, dq) and key tiles (dk/dv); a smaller tile has a smaller key box per query
+#: (at k = 7: 8x8 computes 14 x 16 = 224 keys per query, 4.6x the 49 needed; 4x8 160, 3.3x; 2x8 128,
+#: 2.6x) but loads each key for fewer queries. ``step_keys``: keys (queries, for dk/dv) per
 #: inner-loop block of the 2-D kernels, ``KRH`` box rows of ``KW`` columns with ``KRH * KW`` at most
 #: this (1: one box row per step); ``warps``, ``stages``, ``maxnreg``: Triton's ``num_warps`` /
 #: ``num_stages`` / register cap (``None``: none). Chosen without a GPU from what the kernels compile
 #: to for sm90 (``tools/analysis_tools/triton_resources.py``): no register spills, then the fewest
 #: instructions per computed query-key pair (4 warps: ~30-48 per pair at head dims 32-64, 8 warps:
-#: ~54-84; 4 warps spill at head dim 128). ``gpu_check.py --sections triton_tuning`` times
-#: alternatives on a GPU.
+#: ~54-84; 4 warps spill at head dim 128). Smaller tiles with fewer warps (``4x8`` on 2 warps, ``2x8``
+#: on 1) keep about those instructions per computed pair and compute fewer pairs: 27% / 38% fewer
+#: loop instructions per needed pair at head dim 32 (same tool), but more key loads per query, which
+#: only a GPU can weigh. ``gpu_check.py --sections triton_tuning`` times these alternatives on NAT-Tiny's
+#: calls (head dim 32: the ``32`` entry, kept apart so that its choice does not reach larger head dims).
 TUNING: dict[int, dict] = {
-    64: {'step_keys': 32, 'warps': 4, 'stages': 2, 'maxnreg': None},
-    128: {'step_keys': 32, 'warps': 8, 'stages': 2, 'maxnreg': None},
+    32: {'tile': (8, 8), 'step_keys': 32, 'warps': 4, 'stages': 2, 'maxnreg': None},  # NAT / DiNAT: 32
+    64: {'tile': (8, 8), 'step_keys': 32, 'warps': 4, 'stages': 2, 'maxnreg': None},
+    128: {'tile': (8, 8), 'step_keys': 32, 'warps': 8, 'stages': 2, 'maxnreg': None},
 }
+#: tile shapes the kernels are built for: powers of two, 16 to 256 tokens (``tl.dot`` needs >= 16 rows)
+TILE_SIDES = (1, 2, 4, 8, 16, 32)
 
 
 def tuning_for(dim: int) -> dict:
@@ -112,15 +121,30 @@ def tiling(ky: int, kx: int, dim: int = 32, **settings) -> Tiling:
     unknown = set(settings) - set(base)
     if unknown:
         raise ValueError(f'tiling settings must be among {sorted(base)}, got {sorted(unknown)}')
-    return _tiling(ky, kx, **{**base, **settings})
+    merged = {**base, **settings}
+    merged['tile'] = check_tile(merged['tile'])
+    return _tiling(ky, kx, **merged)
+
+
+def check_tile(tile) -> tuple[int, int]:
+    """``tile`` as ``(rows, columns)``, or a ValueError saying what is allowed."""
+    try:
+        rows, cols = (int(x) for x in tile)
+    except (TypeError, ValueError):
+        raise ValueError(f'tile must be (rows, columns), got {tile!r}') from None
+    if rows not in TILE_SIDES or cols not in TILE_SIDES or not 16 <= rows * cols <= 256:
+        raise ValueError(f'tile must be (rows, columns) with each in {TILE_SIDES} and 16 <= rows x columns <= 256, '
+                         f'got {tile!r}')
+    return rows, cols
 
 
 @functools.lru_cache(maxsize=256)
-def _tiling(ky: int, kx: int, step_keys: int, warps: int, stages: int, maxnreg: int | None) -> Tiling:
+def _tiling(ky: int, kx: int, tile: tuple[int, int], step_keys: int, warps: int, stages: int,
+            maxnreg: int | None) -> Tiling:
     if ky == 1:  # 1-D: one row of 32 queries against the 32 + k - 1 keys it needs
         tqh, tqw, tkh, tkw = 1, 32, 1, 32
-    else:
-        tqh, tqw, tkh, tkw = 8, 8, 8, 8
+    else:  # 2-D (and each depth of 3-D): the tuning's tile for queries (forward, dq) and keys (dk/dv)
+        tqh, tqw = tkh, tkw = tile
     kw = max(_pow2(tqw + kx - 1), _pow2(2 * kx - 1))
     qw = _pow2(tkw + kx - 1)
     # rows per block: as many as fill step_keys, but no more than a box can have (tile + k - 1)
@@ -146,16 +170,17 @@ def _as_3d(axes: tuple[AxisSpec, ...]) -> tuple[AxisSpec, AxisSpec, AxisSpec]:
     return (unit,) * (3 - len(axes)) + tuple(axes)
 
 
-def computed_pairs(axes: tuple[AxisSpec, ...], dim: int = 32) -> int:
+def computed_pairs(axes: tuple[AxisSpec, ...], dim: int = 32, **settings) -> int:
     """Query-key pairs the forward kernel computes (masked ones included), per batch and head.
 
     Counts, for every query tile of every dilation group, ``tile size x KW x`` (box rows, rounded up
     to blocks of ``KRH``) ``x`` (column steps) ``x kz`` (a tile is one depth; its depth window has
     ``kz`` key depths): what :func:`na_triton`'s forward (and its dq kernel) evaluates. Compare with
-    ``prod(lengths) * prod(kernels)``, the pairs NA needs.
+    ``prod(lengths) * prod(kernels)``, the pairs NA needs. ``settings`` override the :data:`TUNING`
+    entry (see :func:`tiling`).
     """
     az, ay, ax = _as_3d(axes)
-    t = tiling(ay.kernel, ax.kernel, dim)
+    t = tiling(ay.kernel, ax.kernel, dim, **settings)
 
     def spans(spec: AxisSpec, tile: int) -> list[int]:
         """Box extent (keys) of every tile of every dilation group along one axis."""
