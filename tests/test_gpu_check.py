@@ -69,3 +69,40 @@ def test_na_kernel_time_without_cuda_events_is_none(load_tool):
     module = load_tool('analysis_tools/gpu_check.py')
     x = torch.randn(8, 8, requires_grad=True)
     assert module.na_kernel_time(torch, lambda: (x @ x).sum().backward()) is None
+
+
+def test_tuning_keeps_the_fastest_complete_candidate_when_its_time_runs_out(load_tool, tmp_path, monkeypatch):
+    """The tuning section on a fake clock: candidates cost simulated time; when its share of the budget
+    is spent, the candidate being timed and those after it are left out (said in a note), the fastest
+    of the complete ones is kept for the rest of the run, and no partial sum can win."""
+    import types
+
+    import torch
+
+    from localattn.ops.na.backends import triton as tri
+    module = load_tool('analysis_tools/gpu_check.py')
+    resources = module._resources()
+    monkeypatch.setattr(tri, 'TUNING', {b: dict(c) for b, c in tri.TUNING.items()})
+    entry = tri.tuning_for(32)
+    monkeypatch.setattr(module, 'TUNING_SHAPES', [(f's{i}', 1, 9, 9, 1, 2) for i in range(4)])
+    start = resources.tuning_label(entry)
+    # simulated ms per call by candidate; the current setting first, then the grid in order
+    cost = {start: 2.0, '32:2:2@4x8': 1.5, '32:1:2@2x8': 1.0}
+    clock = types.SimpleNamespace(now=0.0)
+    monkeypatch.setattr(module, 'time', types.SimpleNamespace(perf_counter=lambda: clock.now))
+
+    def timer(fn, **kwargs):
+        ms = cost.get(resources.tuning_label(entry), 0.1)  # later candidates would be fastest: never reached
+        clock.now += 10.0  # every timed shape costs 10 s of budget
+        return ms / 1e3
+
+    na = types.SimpleNamespace(na2d=lambda q, k, v, ks, rpb=None, backend=None: (q * k + v) * rpb.sum())
+    rep = module.Report(tmp_path, {})
+    # 4 shapes x 10 s per candidate; a third of 300 s: 100 s -> two complete candidates, the third cut
+    module.section_triton_tuning(rep, torch, na, 'cpu', False, 300.0, timer)
+    totals = {r['backend']: r['value'] for r in rep.rows if r['metric'] == 'ms'}
+    assert list(totals) == [f'triton {start}', 'triton 32:2:2@4x8']
+    assert resources.tuning_label(entry) == '32:2:2@4x8'  # the fastest complete one, not 32:1:2@2x8's part
+    notes = [text for _, text in rep.notes]
+    assert any('budget reached while timing 32:1:2@2x8' in n and '6 candidates after it' in n for n in notes), notes
+    assert any(n.startswith('fastest: 32:2:2@4x8') for n in notes), notes

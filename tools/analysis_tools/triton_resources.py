@@ -50,8 +50,9 @@ FIELDS = ('kernel', 'ndim', 'tuning', 'tile', 'step_keys', 'warps', 'stages', 'm
           'kernel_size', 'registers', 'spill_stores', 'spill_loads', 'shared_bytes', 'warps_per_sm',
           'loop_instructions', 'pairs_per_step', 'instructions_per_pair', 'computed_per_needed',
           'instructions_per_needed_pair', 'compile_s')
-#: the grid compared by default (and by gpu_check.py's triton_tuning section); ``@RxC``: the tile
-CANDIDATES = ('1:4:3', '1:4:2', '32:4:2', '32:4:3', '64:4:3', '32:8:2', '64:8:2', '32:2:2@4x8', '32:1:2@2x8')
+#: the grid compared by default (and by gpu_check.py's triton_tuning section, in this order: the most
+#: promising first, in case its time runs out); ``@RxC``: the tile
+CANDIDATES = ('32:4:2', '32:2:2@4x8', '32:1:2@2x8', '1:4:2', '32:4:3', '1:4:3', '64:4:3', '32:8:2', '64:8:2')
 #: map on which ``computed_per_needed`` is counted (the NAT stage-1 map of a 224 input)
 WASTE_MAP = 56
 POINTERS = {'Q', 'K', 'V', 'Out', 'DO', 'DQ', 'DK', 'DV'}
