@@ -227,6 +227,17 @@ def test_queries_without_keys_give_zeros_and_finite_grads(worker):
     assert worker['no_keys'] == 'ok', worker['no_keys']
 
 
+def test_every_load_and_store_stays_inside_its_tensors(worker):
+    """Every kernel run of the worker (all the cases above) had each address of its loads and stores
+    checked against its tensor arguments (the interpreter would otherwise read past a buffer
+    silently, and a masked-out value never shows in the results); the checker itself catches a read one
+    element past a tensor."""
+    assert worker['bounds_checker'] == 'ok', worker['bounds_checker']
+    if worker['bounds_checked'] is None:
+        pytest.skip("this Triton's interpreter has another layout: the bounds checker could not be installed")
+    assert worker['bounds_checked'] > 10_000, worker['bounds_checked']
+
+
 def check_public_op_and_strided_inputs():
     """``na2d(backend='triton')`` on slices of a fused qkv tensor (strided, read in place), with a
     transposed (non-contiguous) RPB table, and 1-D."""
@@ -464,8 +475,82 @@ def test_tuning_by_head_dim():
     assert tri.tiling(7, 7, 256).warps == tri.TUNING[bounds[-1]]['warps']
 
 
+def install_bounds_checker() -> dict:
+    """Make the interpreter check every load and store of the worker's kernels (worker side).
+
+    Each launch records the storages of its tensor arguments; every address a load or store touches
+    (active lanes only) must lie inside one of them, else the launch fails with an IndexError. Masked
+    values are discarded by the kernels, so an out-of-bounds read never shows in the results: this is
+    the check that finds one (on a GPU it reads another allocation or faults). ``{'checked': loads and
+    stores checked}``; ``{'checked': None}`` where this Triton's interpreter has another layout."""
+    import numpy as np
+    state = {'checked': None, 'ranges': np.zeros((0, 2), dtype=np.uint64)}
+    try:
+        from triton.runtime import interpreter as interp
+        builder, executor = interp.InterpreterBuilder, interp.GridExecutor
+        load, store, init_args = builder.create_masked_load, builder.create_masked_store, executor._init_args_hst
+    except (ImportError, AttributeError):  # pragma: no cover - another interpreter layout
+        return state
+    state['checked'] = 0
+
+    def record(self, args_dev, kwargs):
+        args_hst, kwargs_hst = init_args(self, args_dev, kwargs)
+        ranges = [(a.untyped_storage().data_ptr(), a.untyped_storage().data_ptr() + a.untyped_storage().nbytes())
+                  for a in [*args_hst, *kwargs_hst.values()] if isinstance(a, torch.Tensor)]
+        state['ranges'] = np.array(ranges, dtype=np.uint64).reshape(-1, 2)
+        return args_hst, kwargs_hst
+
+    def check(ptrs, mask, what):
+        size = ptrs.get_element_ty().primitive_bitwidth // 8
+        addr = np.asarray(ptrs.data, dtype=np.uint64)
+        addr = addr[np.broadcast_to(np.asarray(mask.data, dtype=bool), addr.shape)] if mask is not None else addr.ravel()
+        lo, hi = state['ranges'][:, 0], state['ranges'][:, 1]
+        inside = ((addr[:, None] >= lo) & (addr[:, None] + np.uint64(size) <= hi)).any(1)
+        state['checked'] += 1
+        if not inside.all():
+            raise IndexError(f'{what} of {int((~inside).sum())} of {inside.size} active lanes outside every '
+                             'tensor argument of the launch')
+
+    def checked_load(self, ptrs, mask, other, *args):
+        check(ptrs, mask, 'load')
+        return load(self, ptrs, mask, other, *args)
+
+    def checked_store(self, ptrs, value, mask, *args):
+        check(ptrs, mask, 'store')
+        return store(self, ptrs, value, mask, *args)
+
+    builder.create_masked_load, builder.create_masked_store = checked_load, checked_store
+    executor._init_args_hst = record
+    return state
+
+
+def check_bounds_checker(state: dict) -> None:
+    """The checker catches a read one element past a tensor, and lets a masked one pass."""
+    import triton
+    import triton.language as tl
+
+    @triton.jit
+    def shifted_copy(X, Y, n, shift, MASKED: tl.constexpr):
+        i = tl.arange(0, 16) + shift
+        if MASKED:
+            tl.store(Y + i - shift, tl.load(X + i, mask=i < n, other=0.), mask=i - shift < n)
+        else:
+            tl.store(Y + i - shift, tl.load(X + i), mask=i - shift < n)
+
+    x, y = torch.arange(16.), torch.zeros(16)
+    shifted_copy[(1,)](x, y, 16, 1, MASKED=True)
+    assert y.tolist() == list(range(1, 16)) + [0.]
+    try:
+        shifted_copy[(1,)](x, y, 16, 1, MASKED=False)
+    except Exception as e:  # noqa: BLE001 - the interpreter wraps it
+        assert 'outside every tensor argument' in str(e), e
+    else:
+        raise AssertionError('a read past the end of x was not caught')
+
+
 def _worker_main() -> None:
     results = {}
+    bounds = install_bounds_checker()
 
     def attempt(name, fn):
         try:
@@ -494,6 +579,8 @@ def _worker_main() -> None:
     attempt('no_keys', lambda: (check_queries_without_keys(), 'ok')[1])
     attempt('compile', lambda: (check_compile_and_opcheck(), 'ok')[1])
     attempt('rpb_bounds', lambda: (check_rpb_reads_stay_in_the_table(), 'ok')[1])
+    attempt('bounds_checker', lambda: (check_bounds_checker(bounds), 'ok')[1])
+    results['bounds_checked'] = bounds['checked']
     print(json.dumps(results))
 
 
