@@ -285,19 +285,21 @@ def check_public_op_and_strided_inputs():
 
 
 def check_rpb_reads_stay_in_the_table():
-    """Every RPB read of the kernels lies inside the table: with the table embedded in NaN, outputs and
-    gradients stay finite and exact. Maps that are not multiples of the 8x8 tiles (queries outside the
-    map in edge tiles, whose clamped windows would otherwise index outside the table) and dilation."""
+    """Every RPB read of a pair that passes the window test lies inside the table: with the table's
+    margins (which the kernels' unmasked reads of the other pairs touch) filled with NaN instead of
+    zeros, outputs and gradients stay finite and exact. Maps that are not multiples of the 8x8 tiles
+    (queries outside the map in edge tiles, whose clamped windows would otherwise index outside the
+    table) and dilation."""
     from localattn.ops.na.backends.reference import na_reference
     real = tri._bias_table
 
-    def padded(rpb, device):
-        table = real(rpb, device)
+    def padded(rpb, device, margin):
+        table = real(rpb, device, margin)
         if rpb is None:
             return table
-        buf = torch.full((table.numel() + 2 * 4096,), float('nan'), device=device)
-        buf[4096:4096 + table.numel()] = table.flatten()
-        return buf[4096:4096 + table.numel()].view(table.shape)
+        buf = torch.full((table.numel() + 2 * margin,), float('nan'), device=device)
+        buf[margin:margin + table.numel()] = table.flatten()
+        return buf[margin:margin + table.numel()].view(table.shape)
 
     tri._bias_table = padded
     try:
@@ -503,7 +505,9 @@ def install_bounds_checker() -> dict:
     def check(ptrs, mask, what):
         size = ptrs.get_element_ty().primitive_bitwidth // 8
         addr = np.asarray(ptrs.data, dtype=np.uint64)
-        addr = addr[np.broadcast_to(np.asarray(mask.data, dtype=bool), addr.shape)] if mask is not None else addr.ravel()
+        if mask is not None:
+            addr = addr[np.broadcast_to(np.asarray(mask.data, dtype=bool), addr.shape)]
+        addr = addr.ravel()
         lo, hi = state['ranges'][:, 0], state['ranges'][:, 1]
         inside = ((addr[:, None] >= lo) & (addr[:, None] + np.uint64(size) <= hi)).any(1)
         state['checked'] += 1

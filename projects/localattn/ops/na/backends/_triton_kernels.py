@@ -230,7 +230,7 @@ def _logits(q, kt, kr, kc, kbias, sy, sx, qbias, kyk, kxk, rpb_h, scale2,
     inwin = _in_window(kr[None, :] - sy[:, None], kyk) & _in_window(kc[None, :] - sx[:, None], kxk)
     s = _dot(q, kt, IEEE, UPCAST)
     if HAS_RPB:
-        s = s * scale2 + tl.load(rpb_h + (kbias[None, :] - qbias[:, None]), mask=inwin, other=0.)
+        s = s * scale2 + tl.load(rpb_h + (kbias[None, :] - qbias[:, None]))
     else:
         s = s * scale2
     return s, inwin
@@ -491,7 +491,7 @@ def na_bwd_dkdv_kernel(Q, K, V, DO, LSE, DELTA, RPB, DK, DV,
             dpt = _dot(v, tl.trans(do), IEEE, UPCAST)
             if HAS_RPB:
                 qbias = cr * rx_n + cc
-                st = st * scale2 + tl.load(rpb_h + (kbias[:, None] - qbias[None, :]), mask=inwin, other=0.)
+                st = st * scale2 + tl.load(rpb_h + (kbias[:, None] - qbias[None, :]))
             else:
                 st = st * scale2
             pt = tl.where(inwin, tl.exp2(st - lse[None, :]), 0.)

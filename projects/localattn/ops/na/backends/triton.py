@@ -233,12 +233,32 @@ def _launch_args(az: AxisSpec, ay: AxisSpec, ax: AxisSpec, heads: int, tile_h: i
     return sizes, az.dilation * ay.dilation * ax.dilation * lgz * tiles_y * tiles_x
 
 
-def _bias_table(rpb: Tensor | None, device) -> Tensor:
+def rpb_margin(t: Tiling, ky: int, kx: int) -> int:
+    """Elements of zeros the RPB table needs on each side for the kernels' unmasked reads.
+
+    The kernels read the table entry of every pair of a query tile and key block, inside the window
+    or not (one unmasked gather per pair; the window mask discards the value afterwards), at
+    ``(dy, dx) = (key row - query row + ky - 1, key column - query column + kx - 1)`` of a plane
+    ``2 ky - 1`` rows of ``2 kx - 1``. Over a tile's key box (or a key tile's query box), rounded up to
+    whole blocks, ``dy`` stays within ``[-(tile rows + block rows + ky), tile rows + block rows + 2 ky]``
+    and ``dx`` likewise with columns, so this many elements before and after the table hold every
+    read; depth planes are always read exactly. (``test_every_load_and_store_stays_inside_its_tensors``
+    checks every address the kernels touch against their buffers.)
+    """
+    width = 2 * kx - 1
+    rows = max(t.tqh, t.tkh) + max(t.krh, t.qrh) + 2 * ky
+    cols = max(t.tqw, t.tkw) + max(t.kw, t.qw) + 2 * kx
+    return rows * width + cols
+
+
+def _bias_table(rpb: Tensor | None, device, margin: int) -> Tensor:
     """The RPB table as the kernels read it: fp32, contiguous, multiplied by log2(e) (they add it to
-    base-2 logits); a 1-element placeholder without RPB."""
+    base-2 logits), with ``margin`` zeros before and after it in memory (:func:`rpb_margin`; the
+    returned view starts at the table); a 1-element placeholder without RPB."""
     if rpb is None:
         return torch.zeros(1, dtype=torch.float32, device=device)
-    return (rpb.detach().to(torch.float32) * LOG2E).contiguous()
+    flat = torch.nn.functional.pad(rpb.detach().to(torch.float32).reshape(-1) * LOG2E, (margin, margin))
+    return flat[margin:margin + rpb.numel()].view(rpb.shape)
 
 
 def _kernels():
@@ -294,9 +314,10 @@ def _forward(query: Tensor, key: Tensor, value: Tensor, rpb: Tensor | None, axes
     out = torch.empty(q.shape, dtype=q.dtype, device=q.device)
     lse = torch.empty((b, heads, az.length, ay.length, ax.length), dtype=torch.float32, device=q.device)
     sizes, n_tiles = _launch_args(az, ay, ax, heads, t.tqh, t.tqw)
+    bias = _bias_table(rpb, q.device, rpb_margin(t, ay.kernel, ax.kernel))
     with _device(q):
         _kernels().na_fwd_kernel[(n_tiles, heads, b)](
-            q, k, v, out, lse, _bias_table(rpb, q.device), *_strides(q), *_strides(k), *_strides(v),
+            q, k, v, out, lse, bias, *_strides(q), *_strides(k), *_strides(v),
             *_strides(out), *sizes, scale * LOG2E,
             D=dim, BD=max(16, _pow2(dim)), TQH=t.tqh, TQW=t.tqw, KRH=t.krh, KW=t.kw,
             HAS_RPB=rpb is not None, IEEE=q.dtype == torch.float32, UPCAST=interpreting(), DEPTH=n == 3,
@@ -323,7 +344,7 @@ def _backward(grad_out: Tensor, query: Tensor, key: Tensor, value: Tensor, rpb: 
     # one RPB-gradient slot per forward-tiling program: zeros where a program writes nothing
     part = torch.zeros((tiles_q, b, heads, *rel) if rpb is not None else (1,), dtype=torch.float32,
                        device=q.device)
-    bias = _bias_table(rpb, q.device)
+    bias = _bias_table(rpb, q.device, rpb_margin(t, ay.kernel, ax.kernel))
     common = dict(D=dim, BD=max(16, _pow2(dim)), HAS_RPB=rpb is not None, IEEE=q.dtype == torch.float32,
                   UPCAST=interpreting(), DEPTH=n == 3, **launch_options(t))
     strides = (*_strides(q), *_strides(k), *_strides(v), *_strides(do))
