@@ -248,7 +248,7 @@ def rpb_margin(t: Tiling, ky: int, kx: int) -> int:
     width = 2 * kx - 1
     rows = max(t.tqh, t.tkh) + max(t.krh, t.qrh) + 2 * ky
     cols = max(t.tqw, t.tkw) + max(t.kw, t.qw) + 2 * kx
-    return rows * width + cols
+    return -(-(rows * width + cols) // 4) * 4  # whole 16 bytes: the table's pointer stays aligned
 
 
 def _bias_table(rpb: Tensor | None, device, margin: int) -> Tensor:
