@@ -95,7 +95,7 @@ class Tiling(NamedTuple):
 #: to for sm90 (``tools/analysis_tools/triton_resources.py``): no register spills, then the fewest
 #: instructions per computed query-key pair (4 warps: ~30-48 per pair at head dims 32-64, 8 warps:
 #: ~54-84; 4 warps spill at head dim 128). Smaller tiles with fewer warps (``4x8`` on 2 warps, ``2x8``
-#: on 1) keep about those instructions per computed pair and compute fewer pairs: 27% / 38% fewer
+#: on 1) keep about those instructions per computed pair and compute fewer pairs: 27% / 37% fewer
 #: loop instructions per needed pair at head dim 32 (same tool), but more key loads per query, which
 #: only a GPU can weigh. ``gpu_check.py --sections triton_tuning`` times these alternatives on NAT-Tiny's
 #: calls (head dim 32: the ``32`` entry, kept apart so that its choice does not reach larger head dims).
@@ -122,7 +122,8 @@ def tiling(ky: int, kx: int, dim: int = 32, **settings) -> Tiling:
     if unknown:
         raise ValueError(f'tiling settings must be among {sorted(base)}, got {sorted(unknown)}')
     merged = {**base, **settings}
-    merged['tile'] = check_tile(merged['tile'])
+    if not isinstance(merged['tile'], tuple):  # tuples are checked once per value by the cached _tiling
+        merged['tile'] = check_tile(merged['tile'])
     return _tiling(ky, kx, **merged)
 
 
@@ -141,6 +142,7 @@ def check_tile(tile) -> tuple[int, int]:
 @functools.lru_cache(maxsize=256)
 def _tiling(ky: int, kx: int, tile: tuple[int, int], step_keys: int, warps: int, stages: int,
             maxnreg: int | None) -> Tiling:
+    tile = check_tile(tile)
     if ky == 1:  # 1-D: one row of 32 queries against the 32 + k - 1 keys it needs
         tqh, tqw, tkh, tkw = 1, 32, 1, 32
     else:  # 2-D (and each depth of 3-D): the tuning's tile for queries (forward, dq) and keys (dk/dv)
